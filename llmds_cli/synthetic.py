@@ -1,0 +1,76 @@
+"""Deterministic synthetic workloads: the built-in data every benchmark can run on offline.
+
+Each generator takes a seed and builds its own ``numpy.random.Generator``, so the same
+parameters always give the same data on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmds_cli.datasets import BeirDataset
+
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "qu", "pa", "do", "fi", "gu", "ha", "jo")
+
+
+def _pseudo_words(count: int, rng: np.random.Generator) -> list[str]:
+    """Distinct pronounceable words (3-5 syllables), so tokenizers and stemmers see real-looking text."""
+    words: set[str] = set()
+    ordered = []
+    while len(ordered) < count:
+        size = int(rng.integers(3, 6))
+        word = "".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), size))
+        if word not in words:
+            words.add(word)
+            ordered.append(word)
+    return ordered
+
+
+def _zipf_weights(n: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** exponent
+    return weights / weights.sum()
+
+
+def text_corpus(documents: int = 10000, queries: int = 300, topics: int = 100,
+                vocabulary: int = 20000, mean_length: int = 120, seed: int = 0) -> BeirDataset:
+    """A topical corpus with one judged-relevant document per query.
+
+    Every document mixes background words (a global Zipf law, like function words and common
+    terms) with words of its topic (a topic-specific Zipf law over a random subset of the
+    vocabulary) in a 1:1 ratio. A query takes 3-8 topic words of one document, so lexical
+    matching can find it but must rank it against the other documents of the same topic.
+    """
+    rng = np.random.default_rng(seed)
+    words = np.array(_pseudo_words(vocabulary, rng))
+    background = _zipf_weights(vocabulary, 1.1)
+    topic_words = [rng.choice(vocabulary, size=300, replace=False) for _ in range(topics)]
+    topic_weights = _zipf_weights(300, 0.9)
+    doc_topic = rng.integers(0, topics, documents)
+    lengths = np.maximum(8, rng.lognormal(np.log(mean_length), 0.5, documents).astype(int))
+    doc_ids = [f"d{i}" for i in range(documents)]
+    topical_counts = lengths // 2
+    # one draw for the whole corpus, split per document: per-document draws cost O(vocabulary) each
+    topical_ranks = rng.choice(300, size=int(topical_counts.sum()), p=topic_weights)
+    common_terms = rng.choice(vocabulary, size=int((lengths - topical_counts).sum()), p=background)
+    topical_ends = np.cumsum(topical_counts)
+    common_ends = np.cumsum(lengths - topical_counts)
+    doc_texts = []
+    doc_topic_terms = []
+    for doc in range(documents):
+        ranks = topical_ranks[topical_ends[doc] - topical_counts[doc]:topical_ends[doc]]
+        topical = topic_words[doc_topic[doc]][ranks]
+        common = common_terms[common_ends[doc] - (lengths[doc] - topical_counts[doc]):common_ends[doc]]
+        terms = np.concatenate([topical, common])
+        rng.shuffle(terms)
+        doc_texts.append(" ".join(words[terms]))
+        doc_topic_terms.append(np.unique(topical))
+    query_texts = {}
+    qrels = {}
+    targets = rng.choice(documents, size=min(queries, documents), replace=False)
+    for number, doc in enumerate(targets):
+        pool = doc_topic_terms[doc]
+        picked = rng.choice(pool, size=min(len(pool), int(rng.integers(3, 9))), replace=False)
+        query_id = f"q{number}"
+        query_texts[query_id] = " ".join(words[picked])
+        qrels[query_id] = {doc_ids[doc]: 1.0}
+    return BeirDataset(doc_ids, doc_texts, query_texts, {"test": qrels})
