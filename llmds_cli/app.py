@@ -156,15 +156,28 @@ def _run_sweep(component: str, mode: str, dataset, data_dir, params, sweep, quic
     return run
 
 
+def _targets(target: str) -> list[str]:
+    """A component name, or `all` = every ready component (planned ones are named on stderr)."""
+    if target != "all":
+        return [target]
+    planned = [c.name for c in registry.COMPONENTS.values() if not c.ready]
+    if planned:
+        typer.echo(f"not built yet (planned): {', '.join(planned)}", err=True)
+    return [c.name for c in registry.COMPONENTS.values() if c.ready]
+
+
 @app.command("bench")
-def bench(component: ComponentArg, dataset: DatasetOpt = None, data_dir: DataDirOpt = None,
-          param: ParamOpt = None,
+def bench(target: Annotated[str, typer.Argument(help="A component, or `all`.")],
+          dataset: DatasetOpt = None, data_dir: DataDirOpt = None, param: ParamOpt = None,
           sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Sweep the component's parameters around the defaults.")] = True,
           quick: QuickOpt = False, seed: SeedOpt = 0, repeats: RepeatsOpt = 3,
           results_dir: ResultsOpt = None, as_json: JsonOpt = False) -> None:
     """Benchmark our implementation over a parameter sweep; writes a run folder and charts."""
-    run = _run_sweep(component, "bench", dataset, data_dir, param, sweep, quick, seed, repeats, results_dir, as_json)
-    if run.failures:
+    failed = False
+    for name in _targets(target):
+        run = _run_sweep(name, "bench", dataset, data_dir, param, sweep, quick, seed, repeats, results_dir, as_json)
+        failed = failed or bool(run.failures)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -180,13 +193,8 @@ def compare(target: Annotated[str, typer.Argument(help="A component, or `all`.")
     """
     from llmds_cli import sweep as sweeps
 
-    targets = [c.name for c in registry.COMPONENTS.values() if c.ready] if target == "all" else [target]
-    if target == "all":
-        planned = [c.name for c in registry.COMPONENTS.values() if not c.ready]
-        if planned:
-            typer.echo(f"not built yet (planned): {', '.join(planned)}", err=True)
     failed = False
-    for name in targets:
+    for name in _targets(target):
         run = _run_sweep(name, "compare", dataset, data_dir, param, False, quick, seed, repeats,
                          results_dir, as_json, impl)
         failed = failed or sweeps.parity_failed(run) or bool(run.failures)
