@@ -264,11 +264,11 @@ def load_beir(folder: str | os.PathLike) -> BeirDataset:
             queries[str(obj["_id"])] = str(obj["text"])
     qrels = {}
     for tsv in sorted((folder / "qrels").glob("*.tsv")):
-        qrels[tsv.stem] = _load_qrels(tsv)
+        qrels[tsv.stem] = load_qrels(tsv)
     return BeirDataset(doc_ids, doc_texts, queries, qrels, folder)
 
 
-def _load_qrels(path: Path) -> dict[str, dict[str, float]]:
+def load_qrels(path: Path) -> dict[str, dict[str, float]]:
     judgements: dict[str, dict[str, float]] = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):

@@ -168,11 +168,9 @@ _register(
         implementation="llmds.hnsw:HNSWIndex",
         module="llmds_cli.components.hnsw",
         params=(
-            Param("metric", "cosine", "Distance: l2, ip or cosine."),
-            Param("M", 16, "Links per node on upper layers (2M on layer 0).", sweep=(16,)),
+            Param("M", 16, "Links per node on upper layers (2M on layer 0); bench also builds M=8 and 32.", sweep=(8, 32)),
             Param("ef_construction", 200, "Candidate list size while building."),
-            Param("ef", 50, "Candidate list size while searching.", sweep=(10, 20, 40, 80, 160)),
-            Param("k", 10, "Neighbours per query."),
+            Param("ef", 50, "Candidate list size while searching; bench sweeps 10-160 unless fixed with -p ef=N."),
         ),
         workloads=("synthetic-vectors-10k", "synthetic-vectors-100k", "scifact"),
         metrics=("recall@10", "qps_single", "qps_batch", "build_s", "index_bytes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Sequence
 
 from rich.console import Console
@@ -38,12 +39,15 @@ def results_table(title: str, rows: list[dict[str, Any]], columns: Sequence[Colu
     for config, v in values.items():
         style = "bold cyan" if v["impl"] == baseline_impl else ""
         table.add_row(config, *[_fmt(v.get(c.metric), c.fmt) for c in shown], style=style)
-    ours = next((v for v in values.values() if v["impl"] == baseline_impl), None)
-    if ours and higher_is_better and any(v["impl"] != baseline_impl for v in values.values()):
+    ours_by_suffix = {_suffix(c): v for c, v in values.items() if v["impl"] == baseline_impl}
+    if ours_by_suffix and higher_is_better and any(v["impl"] != baseline_impl for v in values.values()):
         table.add_section()
+        first = next(iter(ours_by_suffix.values()))
         for config, v in values.items():
             if v["impl"] == baseline_impl:
                 continue
+            # compare like with like: the row of ours with the same search setting (e.g. "ef=20")
+            ours = ours_by_suffix.get(_suffix(config), first)
             cells = []
             for c in shown:
                 better = higher_is_better.get(c.metric)
@@ -53,8 +57,13 @@ def results_table(title: str, rows: list[dict[str, Any]], columns: Sequence[Colu
                     continue
                 ratio = a / b if better else b / a
                 cells.append(f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}x[/]")
-            table.add_row(f"llmds vs {v['impl']}", *cells, style="italic")
+            table.add_row(f"{baseline_impl} vs {v['impl']}{_suffix(config)}", *cells, style="italic")
     return table
+
+
+def _suffix(config: str) -> str:
+    """What follows the implementation's parameters in a row name, e.g. " ef=20"."""
+    return config[config.rfind(")") + 1:] if ")" in config else ""
 
 
 def key_value_table(title: str, pairs: dict[str, Any]) -> Table:
@@ -67,4 +76,6 @@ def key_value_table(title: str, pairs: dict[str, Any]) -> Table:
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    # piped output (CI logs, `| tee`) would otherwise wrap wide tables at 80 columns
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)

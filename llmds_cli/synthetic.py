@@ -74,3 +74,21 @@ def text_corpus(documents: int = 10000, queries: int = 300, topics: int = 100,
         query_texts[query_id] = " ".join(words[picked])
         qrels[query_id] = {doc_ids[doc]: 1.0}
     return BeirDataset(doc_ids, doc_texts, query_texts, {"test": qrels})
+
+
+def clustered_vectors(count: int, queries: int, dim: int = 128, clusters: int = 100,
+                      spread: float = 0.35, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Base and query vectors drawn from the same mixture of isotropic Gaussian clusters.
+
+    Cluster centres are standard normal; points add noise of standard deviation ``spread`` per
+    coordinate, so neighbourhoods are local (like real embeddings) rather than uniform, which
+    is the case graph indexes are built for. Queries are fresh draws, not base points.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+
+    def draw(n: int) -> np.ndarray:
+        members = rng.integers(0, clusters, n)
+        return (centres[members] + spread * rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
+
+    return draw(count), draw(queries)

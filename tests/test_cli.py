@@ -1,0 +1,151 @@
+"""The CLI through Typer's runner: listings, errors without tracebacks, run folders, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from llmds_cli.app import app, main
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in (result.output or ""), result.output
+    return result
+
+
+def test_list_json_has_every_component_and_peer_status():
+    result = invoke("list", "--json")
+    assert result.exit_code == 0
+    entries = {e["name"]: e for e in json.loads(result.output)}
+    assert entries["bm25"]["status"] == "ready"
+    assert entries["hnsw"]["status"] in ("ready", "planned")
+    assert {p["name"] for p in entries["bm25"]["peers"]} == {"bm25s", "rank_bm25"}
+    assert all(isinstance(p["installed"], bool) for p in entries["bm25"]["peers"])
+
+
+def test_env_and_datasets_json():
+    env = json.loads(invoke("env", "--json").output)
+    assert env["python"].startswith("3.") and "numpy" in env["packages"]
+    names = {d["name"] for d in json.loads(invoke("datasets", "list", "--json").output)}
+    assert {"scifact", "azure-conv", "azure-code", "mooncake-conversation", "sharegpt-lengths", "synthetic-text"} <= names
+
+
+@pytest.mark.parametrize("args, message", [
+    (("bench", "nope"), "unknown component 'nope'"),
+    (("bench", "bm25", "--dataset", "azure-conv"), "bm25 does not run on dataset 'azure-conv'"),
+    (("bench", "bm25", "-p", "k2=1"), "has no parameter 'k2'"),
+    (("bench", "bm25", "-p", "k1=fast"), "expected a float"),
+    (("bench", "bm25", "-p", "k1"), "NAME=VALUE"),
+    (("datasets", "info", "nope"), "unknown dataset 'nope'"),
+    (("report", "/nonexistent/run"), "does not exist"),
+    (("diagram", "-o", "x.pdf"), "written as .png or .svg"),
+])
+def test_bad_input_is_one_clear_line(args, message, results_dir):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_dataset_says_how_to_fix(tmp_path, monkeypatch, results_dir):
+    monkeypatch.setenv("LLMDS_DATA_DIR", str(tmp_path / "empty-cache"))
+    result = invoke("bench", "bm25", "--dataset", "scifact")
+    assert result.exit_code == 2
+    assert "llmds datasets fetch scifact" in result.output and "--data-dir" in result.output
+    assert not results_dir.exists() or not any(results_dir.rglob("results.json"))
+
+
+def test_planned_component_says_so():
+    from llmds_cli import registry
+
+    planned = [c for c in registry.COMPONENTS.values() if not c.ready]
+    if not planned:
+        pytest.skip("every component is built")
+    result = invoke(planned[0].name)
+    assert "planned, not built yet" in result.output
+    assert invoke("bench", planned[0].name).exit_code == 2
+
+
+def test_main_returns_exit_codes_instead_of_exiting():
+    assert main(["list", "--json"]) == 0
+    assert main(["bench", "nope"]) == 2
+
+
+def test_diagram_writes_png_and_svg(tmp_path):
+    png = tmp_path / "arch.png"
+    assert invoke("diagram", "-o", str(png)).exit_code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = tmp_path / "arch.svg"
+    assert invoke("diagram", "-o", str(svg)).exit_code == 0
+    assert b"<svg" in svg.read_bytes()[:500]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One quick bench run on the built-in synthetic corpus, shared by the tests below."""
+    root = tmp_path_factory.mktemp("results")
+    result = runner.invoke(app, ["bench", "bm25", "--no-sweep", "--quick", "--repeats", "1",
+                                 "--results-dir", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    return root, json.loads(result.stdout)
+
+
+def test_bench_writes_a_complete_run_folder(bench_run):
+    root, summary = bench_run
+    latest = (root / "bm25" / "LATEST").read_text().strip()
+    folder = root / "bm25" / latest
+    for name in ("results.json", "results.csv", "raw.jsonl", "env.json", "context.json",
+                 "throughput.png", "throughput.svg", "quality_vs_speed.png"):
+        assert (folder / name).is_file(), name
+    assert summary["dataset"]["name"] == "synthetic-text" and summary["dataset"]["queries"] == 100
+    (config, figures), = summary["summary"].items()
+    assert config.startswith("llmds(")
+    assert 0.3 < figures["ndcg@10"] <= 1.0  # one relevant document per query; lexical match finds most
+    assert figures["qps_batch"] > 0 and figures["bits_per_posting"] > 0
+
+
+def test_report_redraws_from_raw_records(bench_run):
+    root, summary = bench_run
+    folder = root / "bm25" / (root / "bm25" / "LATEST").read_text().strip()
+    (folder / "results.csv").unlink()
+    (folder / "throughput.png").unlink()
+    result = invoke("report", str(folder), "--json")
+    assert result.exit_code == 0, result.output
+    assert (folder / "results.csv").is_file() and (folder / "throughput.png").is_file()
+    assert json.loads(result.output)["summary"] == summary["summary"]
+
+
+def test_report_on_an_interrupted_run_is_a_clear_error(bench_run, tmp_path):
+    root, _ = bench_run
+    folder = root / "bm25" / (root / "bm25" / "LATEST").read_text().strip()
+    broken = tmp_path / "bm25" / "interrupted"
+    shutil.copytree(folder, broken)
+    (broken / "results.json").unlink()
+    result = invoke("report", str(broken))
+    assert result.exit_code == 2 and "interrupted" in result.output
+
+
+def test_compare_runs_peers_and_checks_parity(results_dir):
+    pytest.importorskip("bm25s")
+    result = invoke("compare", "bm25", "--quick", "--repeats", "1", "--impl", "llmds", "--impl", "bm25s", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {v["impl"] for v in summary["summary"].values()} == {"llmds", "bm25s"}
+    parity = [p for p in summary["parity"] if p["impl"] == "bm25s"][0]
+    assert parity["passed"] is True and parity["max_abs_diff"] <= 1e-4
+
+
+def test_unavailable_peer_is_reported_not_a_crash(results_dir, monkeypatch):
+    from llmds_cli.components import bm25
+
+    monkeypatch.setattr(bm25.RankBm25Adapter, "requires", ("a_module_that_is_not_installed",))
+    result = invoke("compare", "bm25", "--quick", "--repeats", "1", "--impl", "llmds", "--impl", "rank_bm25", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["unavailable"][0]["impl"] == "rank_bm25"
+    assert "not installed" in summary["unavailable"][0]["reason"]
