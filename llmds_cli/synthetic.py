@@ -92,3 +92,14 @@ def clustered_vectors(count: int, queries: int, dim: int = 128, clusters: int = 
         return (centres[members] + spread * rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
 
     return draw(count), draw(queries)
+
+
+def zipf_stream(items: int = 1_000_000, keys: int = 100_000, exponent: float = 1.1, seed: int = 0) -> list[str]:
+    """``items`` string keys whose popularity follows a Zipf law over ``keys`` distinct keys.
+
+    Key ranks are shuffled before naming, so a key's name says nothing about its popularity.
+    """
+    rng = np.random.default_rng(seed)
+    ranks = rng.choice(keys, size=items, p=_zipf_weights(keys, exponent))
+    names = np.array([f"key{i}" for i in rng.permutation(keys)])
+    return names[ranks].tolist()
