@@ -182,23 +182,52 @@ def bench(target: Annotated[str, typer.Argument(help="A component, or `all`.")],
 
 
 @app.command("compare")
-def compare(target: Annotated[str, typer.Argument(help="A component, or `all`.")],
+def compare(target: Annotated[Optional[str], typer.Argument(help="A component, or `all`.")] = None,
             dataset: DatasetOpt = None, data_dir: DataDirOpt = None, param: ParamOpt = None,
             impl: Annotated[Optional[list[str]], typer.Option("--impl", help="Only these implementations (repeatable).")] = None,
             quick: QuickOpt = False, seed: SeedOpt = 0, repeats: RepeatsOpt = 3,
-            results_dir: ResultsOpt = None, as_json: JsonOpt = False) -> None:
+            results_dir: ResultsOpt = None, as_json: JsonOpt = False,
+            runs: Annotated[Optional[tuple[Path, Path]], typer.Option("--runs", help="Instead: compare two stored runs A B (bench or component runs) and flag regressions.")] = None,
+            time_threshold: Annotated[float, typer.Option("--time-threshold", help="--runs: relative slow-down that counts as a regression.")] = 0.10,
+            memory_threshold: Annotated[float, typer.Option("--memory-threshold", help="--runs: relative growth that counts as a regression.")] = 0.05,
+            quality_threshold: Annotated[float, typer.Option("--quality-threshold", help="--runs: absolute drop in recall/nDCG/hit rate that counts.")] = 0.005,
+            force: Annotated[bool, typer.Option("--force", help="--runs: compare runs of different datasets or parameters.")] = False) -> None:
     """Run ours and every installed peer on the same data in the same run; check parity, report ratios.
 
-    Exits 1 if a parity check fails (ours and a peer disagree where they must agree).
+    Exits 1 if a parity check fails (ours and a peer disagree where they must agree). With
+    `--runs A B`, compares two stored runs instead and exits 1 if B regressed.
     """
     from llmds_cli import sweep as sweeps
 
+    if runs:
+        _compare_runs(runs, {"time": time_threshold, "throughput": time_threshold, "memory": memory_threshold,
+                             "quality": quality_threshold}, force, as_json)
+        return
+    if target is None:
+        raise typer.BadParameter("name a component (or `all`), or pass --runs A B.")
     failed = False
     for name in _targets(target):
         run = _run_sweep(name, "compare", dataset, data_dir, param, False, quick, seed, repeats,
                          results_dir, as_json, impl)
         failed = failed or sweeps.parity_failed(run) or bool(run.failures)
     if failed:
+        raise typer.Exit(1)
+
+
+def _compare_runs(runs: tuple[Path, Path], thresholds: dict[str, float], force: bool, as_json: bool) -> None:
+    from llmds_cli import regress
+    from llmds_cli.render import console
+
+    before, after = regress.load(runs[0]), regress.load(runs[1])
+    changes = regress.compare_runs(before, after, thresholds, force)
+    written = regress.write_reports(changes, before, after, after.path)
+    if as_json:
+        _print_json(json.loads(written[0].read_text()))
+    else:
+        out = console()
+        out.print(regress.table(changes, before, after))
+        out.print(f"written: {', '.join(str(p) for p in written)}")
+    if any(c.regressed for c in changes):
         raise typer.Exit(1)
 
 

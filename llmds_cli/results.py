@@ -86,6 +86,16 @@ def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def resolve_run_path(path: str | os.PathLike) -> Path:
+    """A run folder, its component folder (→ the LATEST run) or a LATEST file (→ that run)."""
+    folder = Path(path)
+    if folder.is_file() and folder.name == "LATEST":
+        return folder.parent / folder.read_text().strip()
+    if (folder / "LATEST").is_file():
+        return folder / (folder / "LATEST").read_text().strip()
+    return folder
+
+
 @dataclass
 class RunFolder:
     path: Path
@@ -109,11 +119,7 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunFolder":
-        folder = Path(path)
-        if folder.is_file() and folder.name == "LATEST":
-            folder = folder.parent / folder.read_text().strip()
-        elif (folder / "LATEST").is_file():
-            folder = folder / (folder / "LATEST").read_text().strip()
+        folder = resolve_run_path(path)
         if not folder.is_dir():
             raise DatasetError(f"run folder {folder} does not exist; `ls results/<component>/` lists runs.")
         if not (folder / RAW).is_file():
