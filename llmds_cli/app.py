@@ -191,11 +191,14 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
             time_threshold: Annotated[float, typer.Option("--time-threshold", help="--runs: relative slow-down that counts as a regression.")] = 0.10,
             memory_threshold: Annotated[float, typer.Option("--memory-threshold", help="--runs: relative growth that counts as a regression.")] = 0.05,
             quality_threshold: Annotated[float, typer.Option("--quality-threshold", help="--runs: absolute drop in recall/nDCG/hit rate that counts.")] = 0.005,
-            force: Annotated[bool, typer.Option("--force", help="--runs: compare runs of different datasets or parameters.")] = False) -> None:
+            force: Annotated[bool, typer.Option("--force", help="--runs: compare runs of different datasets or parameters.")] = False,
+            full: Annotated[bool, typer.Option("--full", help="`all`: every query and item (default for `all` is the quick profile).")] = False) -> None:
     """Run ours and every installed peer on the same data in the same run; check parity, report ratios.
 
-    Exits 1 if a parity check fails (ours and a peer disagree where they must agree). With
-    `--runs A B`, compares two stored runs instead and exits 1 if B regressed.
+    Exits 1 if a parity check fails (ours and a peer disagree where they must agree). `all`
+    writes results/compare/<run-id>/report.md and report.html; with --data-dir DIR (e.g.
+    ../shared/data) each component runs on its real dataset found there. With `--runs A B`,
+    compares two stored runs instead and exits 1 if B regressed.
     """
     from llmds_cli import sweep as sweeps
 
@@ -206,12 +209,41 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
     if target is None:
         raise typer.BadParameter("name a component (or `all`), or pass --runs A B.")
     failed = False
+    finished = []
     for name in _targets(target):
-        run = _run_sweep(name, "compare", dataset, data_dir, param, False, quick, seed, repeats,
-                         results_dir, as_json, impl)
+        chosen = dataset
+        if target == "all" and data_dir is not None and dataset is None:
+            chosen = _real_workload(name, data_dir)
+        run = _run_sweep(name, "compare", chosen, data_dir if chosen else None, param, False,
+                         quick or (target == "all" and not full), seed, repeats, results_dir, as_json, impl)
+        finished.append(run)
         failed = failed or sweeps.parity_failed(run) or bool(run.failures)
+    if target == "all":
+        from llmds_cli import report
+        from llmds_cli.results import RunFolder
+
+        folder = RunFolder.create("compare", results_dir)
+        written = report.write([report.section_for(run) for run in finished], folder.path)
+        folder.mark_latest()
+        typer.echo(f"report: {written[0]}\nreport: {written[1]}", err=as_json)
     if failed:
         raise typer.Exit(1)
+
+
+def _real_workload(component: str, data_dir: Path) -> str | None:
+    """The first real (downloaded) dataset of a component found under ``data_dir``, if any."""
+    from llmds.errors import DatasetError
+    from llmds_cli import datasets
+
+    for name in registry.get(component).workloads:
+        if datasets.manifest(name).synthetic:
+            continue
+        try:
+            datasets.locate(name, data_dir)
+            return name
+        except DatasetError:
+            continue
+    return None
 
 
 def _compare_runs(runs: tuple[Path, Path], thresholds: dict[str, float], force: bool, as_json: bool) -> None:

@@ -107,7 +107,8 @@ def locate(name: str, data_dir: str | os.PathLike | None = None) -> Path:
         raise DatasetError(f"{name} is generated, it has no files.")
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
-        for candidate in (folder, folder / name, folder / entry.archive_root if entry.archive_root else None):
+        for candidate in (folder, folder / name, folder / entry.archive_root if entry.archive_root else None,
+                          folder / "traces" if entry.kind == "trace" else None):
             if candidate is not None and candidate.is_dir() and _has_files(candidate, entry):
                 return candidate
         missing = [rel for rel in entry.files if not (folder / rel).is_file()]

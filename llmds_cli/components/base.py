@@ -101,6 +101,27 @@ class Column:
     fmt: str = "{:.3f}"
 
 
+@dataclass(frozen=True)
+class Goal:
+    """A target from the component's issue, checked in `compare` reports (never in tests).
+
+    With ``peer`` set, the figure checked is the ratio ours / peer of ``metric`` (rows at the
+    same search setting); without, ours' value itself. ``datasets`` limits the goal to runs on
+    those datasets (empty: any).
+    """
+
+    text: str
+    metric: str
+    peer: str | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    datasets: tuple[str, ...] = ()
+
+    def met(self, value: float) -> bool:
+        return ((self.at_least is None or value >= self.at_least)
+                and (self.at_most is None or value <= self.at_most))
+
+
 class Adapter:
     """One implementation (ours or a peer) behind the fixed benchmark life cycle.
 

@@ -16,7 +16,7 @@ import numpy as np
 from llmds.errors import InvalidInputError
 from llmds_cli import datasets, metrics, plots, registry
 from llmds_cli.components.base import (
-    Adapter, Column, Config, Workload, WorkloadSpec, checksum_of_files, checksum_of_params,
+    Adapter, Column, Config, Goal, Workload, WorkloadSpec, checksum_of_files, checksum_of_params,
 )
 
 QUALITY_DEPTH = 100  # ranked list kept per query: enough for Recall@100 and nDCG@10
@@ -337,6 +337,14 @@ TABLE = (
     Column("index_mib", "index MiB", "{:.1f}"),
     Column("bits_per_posting", "bits/post", "{:.1f}"),
     Column("peak_build_mib", "peak MiB", "{:.0f}"),
+)
+
+GOALS = (
+    Goal("nDCG@10 >= 0.686 on SciFact test (bm25s: 0.686)", "ndcg@10", at_least=0.686, datasets=("scifact",)),
+    Goal("queries/s (batch, k=10) >= 2x bm25s", "qps_batch", "bm25s", at_least=2.0),
+    Goal("queries/s (one at a time, k=10) >= 2x bm25s", "qps_single", "bm25s", at_least=2.0),
+    Goal("index build time <= bm25s's", "build_s", "bm25s", at_most=1.0),
+    Goal("index size <= 16 bits per posting", "bits_per_posting", at_most=16.0),
 )
 
 # For ratios against peers: which way is better.

@@ -22,7 +22,7 @@ import numpy as np
 from llmds.errors import InvalidInputError
 from llmds_cli import datasets, metrics, plots, registry
 from llmds_cli.components.base import (
-    Adapter, Column, Config, Workload, WorkloadSpec, checksum_of_files, checksum_of_params,
+    Adapter, Column, Config, Goal, Workload, WorkloadSpec, checksum_of_files, checksum_of_params,
 )
 
 TOP = 100
@@ -273,6 +273,12 @@ TABLE = (
     Column("hh_precision", "top-100 P", "{:.3f}"),
     Column("hh_recall", "top-100 R", "{:.3f}"),
     Column("memory_kib", "KiB", "{:,.0f}"),
+)
+GOALS = (
+    Goal("batched updates >= 10x DataSketches item by item", "updates_per_s", "datasketches", at_least=10.0),
+    Goal("share of keys with error > epsilon*N <= delta (0.01)", "share_over_bound", at_most=0.01),
+    Goal("top-100 heavy hitters precision >= 0.99", "hh_precision", at_least=0.99),
+    Goal("top-100 heavy hitters recall >= 0.99", "hh_recall", at_least=0.99),
 )
 HIGHER_IS_BETTER = {"updates_per_s": True, "queries_per_s": True, "mean_error": False, "max_error": False,
                     "memory_kib": False}

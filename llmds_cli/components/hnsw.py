@@ -20,7 +20,7 @@ import numpy as np
 from llmds.errors import InvalidInputError
 from llmds_cli import datasets, metrics, plots, registry
 from llmds_cli.components.base import (
-    Adapter, Column, Config, Workload, WorkloadSpec, checksum_of_files, checksum_of_params,
+    Adapter, Column, Config, Goal, Workload, WorkloadSpec, checksum_of_files, checksum_of_params,
 )
 
 EF_SWEEP = (10, 20, 40, 80, 160)
@@ -369,8 +369,18 @@ TABLE = (
     Column("distances_per_query", "dist/query", "{:,.0f}"),
     Column("build_s", "build s", "{:.2f}"),
     Column("index_mib", "index MiB", "{:.1f}"),
+    Column("qps_at_recall_0.95", "q/s @R.95", "{:,.0f}"),
+    Column("qps_at_recall_0.99", "q/s @R.99", "{:,.0f}"),
 )
-HIGHER_IS_BETTER = {"recall@10": True, "qps_single": True, "qps_batch": True, "build_s": False, "index_mib": False}
+GOALS = (
+    Goal("queries/s at recall@10 >= 0.95 >= 0.7x hnswlib's (one query at a time)", "qps_at_recall_0.95", "hnswlib", at_least=0.7),
+    Goal("queries/s at recall@10 >= 0.99 >= 0.7x hnswlib's (one query at a time)", "qps_at_recall_0.99", "hnswlib", at_least=0.7),
+    Goal("build time <= 1.5x hnswlib's", "build_s", "hnswlib", at_most=1.5),
+    Goal("recall@10 >= 0.99 reachable (SciFact)", "recall@10", at_least=0.99, datasets=("scifact",)),
+)
+RECALL_TARGETS = (0.95, 0.99)
+HIGHER_IS_BETTER = {"recall@10": True, "qps_single": True, "qps_batch": True, "build_s": False, "index_mib": False,
+                    "qps_at_recall_0.95": True, "qps_at_recall_0.99": True}
 
 
 def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]]:
@@ -413,6 +423,15 @@ def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[di
                 add("qps_batch", metrics.rate_per_second(n, float(np.median(batches))), "1/s")
             for metric, (value, unit) in build.items():
                 add(metric, value, unit, "build")
+        swept = [(r["value"], next(q["value"] for q in rows if q["config"] == r["config"] and q["metric"] == "qps_single"))
+                 for r in rows if r["impl"] == impl and r["config"].startswith(config) and r["metric"] == "recall@10"]
+        for target in RECALL_TARGETS:
+            reaching = [qps for recall, qps in swept if recall >= target]
+            if reaching:  # "at equal recall": the fastest setting of this build that reaches it
+                rows.append(metrics.row(impl, config, "search", f"qps_at_recall_{target}", max(reaching), "1/s"))
+        if efs != [0]:  # a swept build also gets one row of its own, for build-level figures
+            for metric, (value, unit) in build.items():
+                rows.append(metrics.row(impl, config, "build", metric, value, unit))
     return rows
 
 
