@@ -25,7 +25,7 @@ run: $(STAMP) ## The main job: bench + compare every ready component on built-in
 	$(BIN)/llmds diagram
 
 test: $(STAMP) ## Run the test suite (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --benchmark-disable
 
 bench: $(STAMP) ## pytest-benchmark micro-benchmarks; JSON into results/bench/<run-id>/
 	@mkdir -p results/bench/$(RUN_ID)

@@ -32,22 +32,22 @@ def results_table(title: str, rows: list[dict[str, Any]], columns: Sequence[Colu
     for r in rows:
         values.setdefault(r["config"], {"impl": r["impl"]})[r["metric"]] = r["value"]
     table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("implementation / configuration", overflow="fold", max_width=44)
+    table.add_column("implementation / configuration", overflow="fold", max_width=60)
     shown = [c for c in columns if any(c.metric in v for v in values.values())]
     for column in shown:
         table.add_column(column.header, justify="right")
     for config, v in values.items():
+        if not any(c.metric in v for c in shown):
+            continue  # rows that only carry figures for goals or other tables
         style = "bold cyan" if v["impl"] == baseline_impl else ""
         table.add_row(config, *[_fmt(v.get(c.metric), c.fmt) for c in shown], style=style)
-    ours_by_suffix = {_suffix(c): v for c, v in values.items() if v["impl"] == baseline_impl}
-    if ours_by_suffix and higher_is_better and any(v["impl"] != baseline_impl for v in values.values()):
+    ours_rows = {c: v for c, v in values.items() if v["impl"] == baseline_impl}
+    if ours_rows and higher_is_better and any(v["impl"] != baseline_impl for v in values.values()):
         table.add_section()
-        first = next(iter(ours_by_suffix.values()))
         for config, v in values.items():
             if v["impl"] == baseline_impl:
                 continue
-            # compare like with like: the row of ours with the same search setting (e.g. "ef=20")
-            ours = ours_by_suffix.get(_suffix(config), first)
+            ours = ours_rows[closest_config(config, list(ours_rows))]
             cells = []
             for c in shown:
                 better = higher_is_better.get(c.metric)
@@ -57,8 +57,21 @@ def results_table(title: str, rows: list[dict[str, Any]], columns: Sequence[Colu
                     continue
                 ratio = a / b if better else b / a
                 cells.append(f"[{'green' if ratio >= 1 else 'red'}]{ratio:.2f}x[/]")
-            table.add_row(f"{baseline_impl} vs {v['impl']}{_suffix(config)}", *cells, style="italic")
+            if any(cells):
+                table.add_row(f"{baseline_impl} vs {config}", *cells, style="italic")
     return table
+
+
+def _params(config: str) -> set[str]:
+    inside = config[config.find("(") + 1:config.rfind(")")] if "(" in config else ""
+    return {p for p in inside.split(",") if p}
+
+
+def closest_config(config: str, candidates: list[str]) -> str:
+    """The candidate measured most like ``config``: same search setting (the suffix after the
+    parameters, e.g. " ef=20"), then the most parameters in common; ties go to the first."""
+    return max(candidates, key=lambda c: (_suffix(c) == _suffix(config), len(_params(c) & _params(config)),
+                                          -candidates.index(c)))
 
 
 def _suffix(config: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from llmds_cli import registry
 from llmds_cli.components.base import Goal
 from llmds_cli.results import RunFolder, atomic_write_json, atomic_write_text
-from llmds_cli.render import _suffix
+from llmds_cli.render import closest_config
 
 
 @dataclass
@@ -49,12 +49,13 @@ def evaluate_goals(goals: tuple[Goal, ...], rows: list[dict[str, Any]], dataset:
                 # the best configuration of ours is what a user would pick
                 value = max(measured) if goal.at_least is not None else min(measured)
         else:
+            peers = [pc for pc, pv in values.items() if pv["impl"] == goal.peer and goal.metric in pv]
             for config, v in ours:
-                peer = next((pv for pc, pv in values.items()
-                             if pv["impl"] == goal.peer and _suffix(pc) == _suffix(config)), None)
-                if peer and goal.metric in v and peer.get(goal.metric):
-                    value = v[goal.metric] / peer[goal.metric]
-                    break
+                if goal.metric in v and peers:
+                    peer = values[closest_config(config, peers)]
+                    if peer[goal.metric]:
+                        value = v[goal.metric] / peer[goal.metric]
+                        break
         results.append(GoalResult(goal, value, None if value is None or math.isnan(value) else goal.met(value)))
     return results
 
