@@ -29,9 +29,10 @@ Hot loops address vectors and link lists as (matrix, row) pairs instead of takin
 in numba every view is a reference-counted object, and the atomic increments and decrements
 around each distance computation cost more than the distance itself at d = 128.
 
-Inputs are validated (shape, dtype, finiteness) in numpy before they get here, which is why
-``fastmath`` may reassociate sums: it never has to preserve NaN or infinity semantics, and the
-flags that would assume their absence ('nnan', 'ninf') are left off anyway.
+Inputs are validated (shape, dtype, finiteness) before the search and insert kernels see them,
+in numpy or in :func:`squared_norm`, which is compiled without fastmath. That is why the other
+kernels may use ``fastmath`` to reassociate sums: they never have to detect NaN or infinity,
+and the flags that would assume their absence ('nnan', 'ninf') are left off anyway.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def _prefetch(typingctx, matrix, row, column):
         byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
         int32 = ir.IntType(32)
         prefetch_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, int32, int32, int32])
-        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type, "llvm.prefetch.p0")
+        # The intrinsic is mangled by pointer type: opaque "ptr" on current LLVM, "i8*" before.
+        suffix = "p0" if str(byte_pointer.type) == "ptr" else "p0i8"
+        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type,
+                                                  f"llvm.prefetch.{suffix}")
         # read access, maximal temporal locality, data cache
         builder.call(prefetch, [byte_pointer, int32(0), int32(3), int32(1)])
         return context.get_dummy_value()

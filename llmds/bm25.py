@@ -293,13 +293,16 @@ def _complete_candidates(
     in every remaining list.
     """
     terms = len(probe_terms)
-    _select_top(acc, candidates, count, k, 0.0, 0.0, heap_scores, heap_docs)
-    for i in range(k):
-        doc = heap_docs[i]
-        complete = acc[doc]
-        for j in range(terms):
-            complete += _probe(postings, probe_terms[j], probe_weights[j], shape, norms, doc)
-        threshold = min(complete, threshold) if i > 0 else complete
+    selected = _select_top(acc, candidates, count, k, 0.0, 0.0, heap_scores, heap_docs)
+    if selected == k:
+        kth_complete = np.inf
+        for i in range(k):
+            doc = heap_docs[i]
+            complete = acc[doc]
+            for j in range(terms):
+                complete += _probe(postings, probe_terms[j], probe_weights[j], shape, norms, doc)
+            kth_complete = min(kth_complete, complete)
+        threshold = max(threshold, kth_complete)
     size = 0
     for i in range(count):
         doc = candidates[i]

@@ -26,7 +26,6 @@ scores.
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Hashable, Mapping, Sequence
@@ -166,8 +165,7 @@ def rrf_positions(
     list_weights = (
         np.ones(len(rankings)) if weights is None else np.asarray(weights, dtype=np.float64)
     )
-    contributions = _rrf_contributions(starts, float(k), list_weights)
-    return _fuse(docs, starts, contributions, _limit_or_all(limit, docs))
+    return _rrf_kernel(docs, starts, float(k), list_weights, _limit_or_all(limit, docs))
 
 
 def convex_positions(
@@ -185,18 +183,18 @@ def convex_positions(
     scores = np.concatenate(
         (np.asarray(sparse_scores, dtype=np.float64), np.asarray(dense_scores, dtype=np.float64))
     )
-    gains, floor = _convex_gains(
-        scores, starts, np.array([1.0 - alpha, alpha]), NORMALISATIONS.index(normalisation)
+    return _convex_kernel(
+        docs, starts, scores, np.array([1.0 - alpha, alpha]), NORMALISATIONS.index(normalisation),
+        _limit_or_all(limit, docs),
     )
-    fused_docs, fused_gains = _fuse(docs, starts, gains, _limit_or_all(limit, docs))
-    # Ranking used the gains over each list's minimum; the reported score adds that constant
-    # back, so that it equals (1 - alpha) * sparse + alpha * dense.
-    return fused_docs, fused_gains + floor
 
 
 def _flatten(doc_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated int64 document numbers and the start offset of each list."""
-    starts = np.array([0, *itertools.accumulate(len(d) for d in doc_lists)], dtype=np.int64)
+    offsets = [0]
+    for doc_list in doc_lists:
+        offsets.append(offsets[-1] + len(doc_list))
+    starts = np.array(offsets, dtype=np.int64)
     if not doc_lists:
         return np.zeros(0, dtype=np.int64), starts
     return np.concatenate(doc_lists).astype(np.int64, copy=False), starts
@@ -207,13 +205,23 @@ def _limit_or_all(limit: int | None, docs: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def _rrf_contributions(starts, k, weights):
-    """``weights[i] / (k + rank)`` for every entry of every list (rank 1-based)."""
-    out = np.empty(starts[-1], dtype=np.float64)
+def _rrf_kernel(docs, starts, k, weights, limit):
+    """RRF in one compiled call: ``weights[i] / (k + rank)`` per entry (rank 1-based), fused."""
+    contributions = np.empty(starts[-1], dtype=np.float64)
     for i in range(len(starts) - 1):
         for position in range(starts[i], starts[i + 1]):
-            out[position] = weights[i] / (k + (position - starts[i] + 1))
-    return out
+            contributions[position] = weights[i] / (k + (position - starts[i] + 1))
+    return _fuse(docs, starts, contributions, limit)
+
+
+@njit(cache=True)
+def _convex_kernel(docs, starts, scores, weights, method, limit):
+    """Convex combination in one compiled call. Ranking uses each entry's gain over its list's
+    minimum; the reported score adds those minima back, so that it equals
+    ``(1 - alpha) * sparse + alpha * dense`` with missing documents at the list minimum."""
+    gains, floor = _convex_gains(scores, starts, weights, method)
+    fused_docs, fused_gains = _fuse(docs, starts, gains, limit)
+    return fused_docs, fused_gains + floor
 
 
 @njit(cache=True)
@@ -296,9 +304,36 @@ def _fuse(docs, starts, contributions, limit):
                 unique_docs[distinct] = doc
                 distinct += 1
             totals[slot_number[slot]] += contributions[position]
-    # A stable sort of the negated totals keeps equal totals in first-appearance order.
-    order = np.argsort(-totals[:distinct], kind="mergesort")[: min(limit, distinct)]
+    order = _best_first(totals[:distinct], min(limit, distinct))
     return unique_docs[order], totals[order]
+
+
+_SELECTION_LIMIT = 64
+"""Up to this many results, :func:`_best_first` keeps a small sorted buffer instead of
+sorting every candidate (a query wants ~10 of ~200)."""
+
+
+@njit(cache=True)
+def _best_first(totals, count):
+    """Indices of the ``count`` largest totals, largest first; equal totals keep index order
+    (which is first-appearance order)."""
+    if count > _SELECTION_LIMIT:
+        # A stable sort of the negated totals keeps equal totals in index order.
+        return np.argsort(-totals, kind="mergesort")[:count]
+    kept = np.empty(count, dtype=np.int64)
+    size = 0
+    for index in range(len(totals)):
+        value = totals[index]
+        if size == count and value <= totals[kept[size - 1]]:
+            continue  # not better than the worst kept; a tie loses to the earlier index
+        slot = size if size < count else count - 1
+        # Shift worse entries down; stop behind any entry >= value, so ties stay in order.
+        while slot > 0 and totals[kept[slot - 1]] < value:
+            kept[slot] = kept[slot - 1]
+            slot -= 1
+        kept[slot] = index
+        size = min(size + 1, count)
+    return kept
 
 
 # ----------------------------------------------------------------------------------------

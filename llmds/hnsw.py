@@ -257,7 +257,9 @@ class HNSWIndex:
                 f"{array.shape}; pass e.g. np.arange(n, dtype=np.int64)."
             )
         if array.shape[0] != count:
-            raise InvalidInputError(f"got {count} vectors but {array.shape[0]} ids; pass one id per vector.")
+            raise InvalidInputError(
+                f"got {count} vectors but {array.shape[0]} ids; pass one id per vector."
+            )
         if array.dtype.kind == "u" and count and int(array.max()) > _INT64_MAX:
             raise InvalidInputError("ids must fit in int64; got an unsigned id above 2**63 - 1.")
         array = array.astype(np.int64)
@@ -624,7 +626,8 @@ class HNSWIndex:
         if np.unique(live_ids).shape[0] != live_ids.shape[0]:
             raise ValueError("a live id appears twice")
         entry, top = int(meta["entry"]), int(meta["top_level"])
-        if (size == 0) != (entry == -1) or (size and not (0 <= entry < size and top == levels[entry])):
+        entry_valid = 0 <= entry < size and top == levels[entry]
+        if (size == 0 and entry != -1) or (size > 0 and not entry_valid):
             raise ValueError("the entry point is inconsistent with the nodes")
         self._reserve(size, rows)
         for name in expected:

@@ -18,16 +18,20 @@ Implementation notes (why it looks the way it does): each entry is one small mut
 heap, so moving an entry never allocates, the key-to-entry dict is written only on push and
 remove, and an entry's position is updated in place as it moves. Comparing two entries as
 lists compares the priority and then the unique sequence number in C, which is both the FIFO
-tie-break and the cheapest comparison Python offers. A max-heap stores negated priorities so
-the sift loops are shared. ``pop`` uses Floyd's bottom-up sift (the one CPython's ``heapq``
-uses): the entry moved into the root almost always belongs near the leaves, so walking the
-smaller child down first and then sifting back up saves about half of the comparisons.
+tie-break and the cheapest comparison Python offers. Because entries compare correctly on
+their own, the heap array is also a valid ``heapq`` heap, so ``push`` and ``pop`` let
+``heapq``'s C code do the sifting and then repair the positions along the one path that moved
+(no comparisons needed); ``update`` and ``remove`` start at an arbitrary position, which
+``heapq`` cannot do, and sift in Python. A max-heap stores negated priorities so the same
+code serves both orders.
 """
 
 from __future__ import annotations
 
 import numbers
 from collections.abc import Hashable, Iterator
+from heapq import heappop as _c_heappop
+from heapq import heappush as _c_heappush
 from typing import Any
 
 from llmds.errors import InvalidInputError, LlmdsError
@@ -146,9 +150,10 @@ class IndexedHeap:
 
     # ---------------------------------------------------------------- updates
     #
-    # push and pop carry their sift loops inline: in CPython a method call costs about as much
-    # as the two or three levels a random push climbs, and inlining measured 1.5x faster than
-    # calling the shared helpers that update and remove use.
+    # push and pop let the C sift loops of the standard library's heapq move the entries (a
+    # heap of these entry lists is a valid heapq heap) and then repair the stored positions
+    # of the entries that moved, which all lie on one root-to-leaf path: a repair step costs
+    # no comparison, so this measured about twice as fast as sifting in Python.
 
     def push(self, key: Hashable, priority: Any) -> None:
         """Insert ``key`` with ``priority``; a key already present is an error (use ``update``)."""
@@ -171,53 +176,33 @@ class IndexedHeap:
         entry = [priority, self._next_sequence, key, position]
         self._next_sequence += 1
         entries[key] = entry
-        heap.append(entry)
-        while position > 0:
-            parent_position = (position - 1) >> 1
-            parent = heap[parent_position]
-            if entry < parent:
-                heap[position] = parent
-                parent[_POSITION] = position
-                position = parent_position
-            else:
-                break
-        heap[position] = entry
+        _c_heappush(heap, entry)
+        # heappush shifted the parents on the new entry's path down by one level each.
+        moved = heap[position]
+        while moved is not entry:
+            moved[_POSITION] = position
+            position = (position - 1) >> 1
+            moved = heap[position]
         entry[_POSITION] = position
 
     def pop(self) -> tuple[Hashable, Any]:
-        """Remove and return the ``(key, priority)`` with the smallest (min) / largest (max) priority.
-
-        Floyd's bottom-up sift: the last entry, moved to the root, almost always belongs near
-        the leaves, so the hole is first walked down along smaller children to a leaf (one
-        comparison per level) and the last entry then climbs from there, usually a step or two.
-        """
+        """Remove and return the ``(key, priority)`` with the smallest (min) / largest (max) priority."""
         heap = self._heap
         if not heap:
             raise EmptyHeapError("pop() on an empty IndexedHeap; check len(heap) or `if heap:` first.")
-        last = heap.pop()
-        if heap:
-            top = heap[0]
-            last_parent = len(heap) - 1  # a child at this index has no right sibling
-            position = 0
-            child_position = 1
-            while child_position < last_parent:
-                child = heap[child_position]
-                right = heap[child_position + 1]
-                if right < child:
-                    child = right
-                    child_position += 1
-                heap[position] = child
-                child[_POSITION] = position
-                position = child_position
-                child_position = 2 * position + 1
-            if child_position == last_parent:
-                child = heap[child_position]
-                heap[position] = child
-                child[_POSITION] = position
-                position = child_position
-            self._move_toward_root(last, position)
-        else:
-            top = last
+        top = _c_heappop(heap)
+        # heappop moved each entry on one path up a level (its stored position is the child
+        # it came from, the next step of the path) and put the old last entry somewhere on
+        # that path (its stored position is now past the end); entries below are unmoved.
+        size = len(heap)
+        position = 0
+        while position < size:
+            moved = heap[position]
+            came_from = moved[_POSITION]
+            if came_from == position:
+                break
+            moved[_POSITION] = position
+            position = came_from
         key = top[_KEY]
         del self._entries[key]
         return key, self._sign * top[_SORT_PRIORITY]

@@ -27,17 +27,19 @@ Policies (name for :func:`make_policy`):
   Admission Policy", ACM TOS 2017): a small LRU window for new blocks, then an LRU main region
   that a block from the window enters only if a count-min frequency sketch (Cormode &
   Muthukrishnan 2005) of recent block accesses rates it above the main region's victim.
-- ``hit-density``: the workload-aware policy (see :class:`HitDensityPolicy`), which learns
-  from every lookup how soon blocks of each kind (the tail block of a prompt or an interior
-  one; never reused, reused once, reused more) come back, and evicts the block with the
-  fewest expected hits per unit of cache space-time (LHD: Beckmann, Chen & Cidon, "LHD:
-  Improving Cache Hit Rate by Maximizing Hit Density", NSDI 2018).
+- ``hit-density``: the workload-aware policy (see :class:`HitDensityPolicy`). It learns from
+  every lookup, hits and misses alike, how often and how soon blocks of each kind come back
+  (a prompt's first-seen tail block; other blocks by how often they were reused and by the
+  length of their prompt) and evicts the block with the fewest expected hits per unit of
+  cache space-time, after LHD (Beckmann, Chen & Cidon, "LHD: Improving Cache Hit Rate by
+  Maximizing Hit Density", NSDI 2018).
 
 The offline optimum (Belady's MIN) needs the future and lives in :mod:`llmds.kv_replay`.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import numbers
@@ -267,6 +269,7 @@ class FrequencySketch:
         rng = np.random.default_rng(seed)
         self._multipliers = [int(value) | 1 for value in rng.integers(1, 2**63, size=depth, dtype=np.int64)]
         self._shift = 64 - self.width_bits
+        self._row_offsets = [row * self.width for row in range(depth)]
         self._counters = bytearray(depth * self.width)
         self._doorkeeper: set[int] = set()
         self.sample_size = sample_factor * capacity
@@ -275,8 +278,10 @@ class FrequencySketch:
     def _slots(self, key: int) -> list[int]:
         folded = (key ^ (key >> 64)) & _MASK64
         shift = self._shift
-        width = self.width
-        return [row * width + (((folded * multiplier) & _MASK64) >> shift) for row, multiplier in enumerate(self._multipliers)]
+        return [
+            offset + (((folded * multiplier) & _MASK64) >> shift)
+            for offset, multiplier in zip(self._row_offsets, self._multipliers, strict=True)
+        ]
 
     def increment(self, key: int) -> None:
         if key in self._doorkeeper:
@@ -293,8 +298,7 @@ class FrequencySketch:
             self._additions //= 2
 
     def estimate(self, key: int) -> int:
-        counters = self._counters
-        return min(counters[slot] for slot in self._slots(key)) + (key in self._doorkeeper)
+        return min(map(self._counters.__getitem__, self._slots(key))) + (key in self._doorkeeper)
 
 
 class TinyLFUPolicy(EvictionPolicy):
@@ -356,12 +360,16 @@ class TinyLFUPolicy(EvictionPolicy):
                 window[block] = None
         estimate = self.sketch.estimate
         block_hashes = self.block_hashes
+        # Winners join main's far end, so main's oldest block, and its estimate, stay put.
+        incumbent = estimate(block_hashes[next(iter(main))]) if main else None
         while len(window) > self._window_target:
             candidate = window.popitem(last=False)[0]
-            if main and estimate(block_hashes[candidate]) <= estimate(block_hashes[next(iter(main))]):
+            if incumbent is not None and estimate(block_hashes[candidate]) <= incumbent:
                 region[candidate] = self._REJECTED
                 rejected[candidate] = None
             else:
+                if incumbent is None:
+                    incumbent = estimate(block_hashes[candidate])
                 region[candidate] = self._MAIN
                 main[candidate] = None
 
@@ -430,8 +438,18 @@ class HitDensityPolicy(EvictionPolicy):
     ``half_life_factor * num_blocks`` accesses, so the policy follows a changing workload.
 
     Blocks wait in one queue per class, oldest first; eviction takes the class head with the
-    lowest density. Until the first table exists the policy is LRU. Costs: O(1) amortised per
-    access and per release; an eviction compares at most the ten class heads.
+    lowest density, together with the blocks behind it in the same age bucket (same density),
+    then compares the heads again. Until the first table exists the order is LRU (by age
+    bucket). Costs: O(1) amortised per access and per release; each run of victims compares
+    the ten class heads. On Mooncake this bookkeeping makes a replay about three times as slow
+    as LRU's.
+
+    Measured on the Mooncake conversation trace (block hit rate at 1 / 5 / 10 / 25 % of its
+    distinct blocks): LRU 0.0525 / 0.1958 / 0.2789 / 0.3535, this policy 0.1040 / 0.2145 /
+    0.2807 / 0.3536, the offline optimum 0.2398 / 0.3664 / 0.3664 / 0.3664. The same policy fed
+    tables computed from the whole trace in advance reaches only 0.227 at 5 %: which
+    first turns get a follow-up is not predictable from what a lookup shows, and that, not the
+    learning, bounds every class-based policy here.
 
     Parameters
     ----------
@@ -453,10 +471,14 @@ class HitDensityPolicy(EvictionPolicy):
     _CLASSES = 1 + _REUSE_LEVELS * (len(_LENGTH_LIMITS) + 1)
     _EVICTION_AGE_WEIGHT = 0.02  # of each eviction batch in the moving average
 
-    def __init__(self, horizon_factor: float = 16.0, refresh_factor: float = 0.25, half_life_factor: float = 16.0) -> None:
+    def __init__(
+        self, horizon_factor: float = 16.0, refresh_factor: float = 0.25, half_life_factor: float = 16.0
+    ) -> None:
         super().__init__()
         for name, value in (
-            ("horizon_factor", horizon_factor), ("refresh_factor", refresh_factor), ("half_life_factor", half_life_factor)
+            ("horizon_factor", horizon_factor),
+            ("refresh_factor", refresh_factor),
+            ("half_life_factor", half_life_factor),
         ):
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise InvalidInputError(f"{name} must be a positive number, got {value!r}.")
@@ -468,8 +490,10 @@ class HitDensityPolicy(EvictionPolicy):
         self._class_of: list[int] = []
         self._released_at: list[int] = []
         self._ghost: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
-        self._reuse_ages = np.zeros((self._CLASSES, self._AGE_BUCKETS))
-        self._resolved = np.zeros(self._CLASSES)
+        # Reuse-age histogram, class-major (index class * buckets + bucket), and resolved
+        # counts (reused or expired) per class: plain lists, updated once per access.
+        self._histogram = [0.0] * (self._CLASSES * self._AGE_BUCKETS)
+        self._resolved = [0.0] * self._CLASSES
         self._density: list[list[float]] | None = None
         self._eviction_age: float | None = None
         self._clock = 0
@@ -493,30 +517,37 @@ class HitDensityPolicy(EvictionPolicy):
             return
         ghost = self._ghost
         clock = self._clock
-        expiry = clock - self.horizon
         resolved = self._resolved
+        expiry = clock - self.horizon
         while ghost:
-            oldest_class, oldest_time, _ = next(iter(ghost.values()))
-            if oldest_time >= expiry:
+            oldest_hash, oldest = ghost.popitem(last=False)
+            if oldest[1] >= expiry:
+                ghost[oldest_hash] = oldest
+                ghost.move_to_end(oldest_hash, last=False)
                 break
-            ghost.popitem(last=False)
-            resolved[oldest_class] += 1
-        reuse_ages = self._reuse_ages
-        pop = ghost.pop
+            resolved[oldest[0]] += 1  # expired: not reused within the horizon
+        histogram = self._histogram
+        buckets = self._AGE_BUCKETS
         top = self._REUSE_LEVELS - 1
         first_class = 1 + self._REUSE_LEVELS * sum(len(hashes) >= limit for limit in self._LENGTH_LIMITS)
+        first_seen = (first_class, clock, 0)  # shared by every new hash of this request
+        get = ghost.get
+        move_to_end = ghost.move_to_end
+        reuses = 0
         for block_hash in hashes:
-            seen = pop(block_hash, None)
+            seen = get(block_hash)
             if seen is None:
                 reuses = 0
+                ghost[block_hash] = first_seen
             else:
                 block_class, accessed_at, reuses = seen
-                reuse_ages[block_class, (clock - accessed_at).bit_length()] += 1
+                histogram[block_class * buckets + (clock - accessed_at).bit_length()] += 1
                 resolved[block_class] += 1
                 if reuses < top:
                     reuses += 1
-            ghost[block_hash] = (first_class + reuses, clock, reuses)
-        if not reuses:  # the tail, seen for the first time
+                ghost[block_hash] = (first_class + reuses, clock, reuses)
+                move_to_end(block_hash)
+        if not reuses:  # the tail (the last hash), seen for the first time
             ghost[block_hash] = (self._NEW_TAIL, clock, 0)
         self._clock = clock + len(hashes)
         if self._clock >= self._next_refresh:
@@ -530,18 +561,23 @@ class HitDensityPolicy(EvictionPolicy):
         start = np.zeros(buckets)
         start[1:] = 2.0 ** np.arange(buckets - 1)
         middle = 1.5 * start  # mean age in a bucket, roughly
-        reuses = self._reuse_ages
+        reuses = np.asarray(self._histogram).reshape(self._CLASSES, buckets)
+        resolved = np.asarray(self._resolved)
         zeros = np.zeros((self._CLASSES, 1))
         reuses_before = np.hstack([zeros, np.cumsum(reuses, axis=1)])  # [:, b] = reuses at buckets < b
         weighted_before = np.hstack([zeros, np.cumsum(reuses * middle, axis=1)])
         first = np.arange(buckets)
         last = np.searchsorted(start, start + window)  # buckets first .. last - 1 fall in the window
         hits = reuses_before[:, last] - reuses_before[:, first]
-        survivors = self._resolved[:, None] - reuses_before[:, first]  # not reused before age a
-        occupancy = (weighted_before[:, last] - weighted_before[:, first]) - hits * start + (survivors - hits) * window
+        survivors = resolved[:, None] - reuses_before[:, first]  # not reused before age a
+        occupancy = (
+            (weighted_before[:, last] - weighted_before[:, first])
+            - hits * start
+            + (survivors - hits) * window
+        )
         self._density = np.where(occupancy > 0, hits / np.maximum(occupancy, 1e-12), 0.0).tolist()
-        reuses *= self._decay
-        self._resolved *= self._decay
+        self._histogram = (reuses.ravel() * self._decay).tolist()
+        self._resolved = (resolved * self._decay).tolist()
 
     # queues
 
@@ -568,34 +604,40 @@ class HitDensityPolicy(EvictionPolicy):
             del queues[class_of[block]][block]
         self._size -= len(blocks)
 
-    def _head_value(self, block_class: int) -> float:
-        age = self._clock - self._released_at[next(iter(self._queues[block_class]))]
-        if self._density is None:
-            return -age  # no statistics yet: plain LRU across classes
-        return self._density[block_class][min(age.bit_length(), self._AGE_BUCKETS - 1)]
-
     def evict(self, count: int) -> list[int]:
         queues = self._queues
         released_at = self._released_at
-        values = {c: self._head_value(c) for c in range(self._CLASSES) if queues[c]}
-        victims = []
+        clock = self._clock
+        density = self._density
+        last_bucket = self._AGE_BUCKETS - 1
+        victims: list[int] = []
         while len(victims) < count:
-            block_class = min(values, key=values.__getitem__)
-            runner_up = min((v for c, v in values.items() if c != block_class), default=math.inf)
-            queue = queues[block_class]
-            # Take from this class while its head stays the cheapest.
-            while len(victims) < count:
-                victims.append(queue.popitem(last=False)[0])
-                if not queue:
-                    del values[block_class]
-                    break
-                values[block_class] = self._head_value(block_class)
-                if values[block_class] > runner_up:
-                    break
+            best_class, best = -1, math.inf
+            for block_class, queue in enumerate(queues):
+                if queue:
+                    age = clock - released_at[next(iter(queue))]
+                    # Before the first table: oldest first, i.e. LRU across classes.
+                    value = (
+                        -age if density is None else density[block_class][min(age.bit_length(), last_bucket)]
+                    )
+                    if value < best:
+                        best_class, best = block_class, value
+            queue = queues[best_class]
+            # The queue is in release order, so the blocks that share the head's age bucket
+            # (and so its density) form a run at its front: evict that run in one go.
+            chunk = list(itertools.islice(queue, count - len(victims)))
+            bucket = (clock - released_at[chunk[0]]).bit_length()
+            youngest_release = clock - (1 << (bucket - 1)) if bucket else clock
+            if released_at[chunk[-1]] > youngest_release:
+                chunk = chunk[: bisect.bisect_right(chunk, youngest_release, key=released_at.__getitem__)]
+            _drain(map(queue.pop, chunk))
+            victims += chunk
         self._size -= count
-        mean_age = self._clock - sum(map(released_at.__getitem__, victims)) / count
+        mean_age = clock - sum(map(released_at.__getitem__, victims)) / count
         weight = self._EVICTION_AGE_WEIGHT
-        self._eviction_age = mean_age if self._eviction_age is None else (1 - weight) * self._eviction_age + weight * mean_age
+        self._eviction_age = (
+            mean_age if self._eviction_age is None else (1 - weight) * self._eviction_age + weight * mean_age
+        )
         return victims
 
     def __len__(self) -> int:
@@ -609,6 +651,10 @@ _POLICIES: dict[str, type[EvictionPolicy]] = {
     policy.name: policy for policy in (LRUPolicy, LFUPolicy, TinyLFUPolicy, HitDensityPolicy)
 }
 DEFAULT_POLICY = "lru"
+"""The default: as fast as the cache's own bookkeeping and what mainstream servers do.
+``hit-density`` hits more often when the cache is tight (Mooncake at 1 % of its distinct
+blocks: about twice LRU's hits; never fewer at 1-25 %) but spends a few times LRU's time per
+block, mostly learning from every lookup."""
 
 
 def policy_names() -> list[str]:

@@ -43,7 +43,7 @@ import numpy as np
 
 from llmds.errors import InvalidInputError
 from llmds.kv_cache import KVCache, check_block_hashes
-from llmds.kv_eviction import EvictionPolicy
+from llmds.kv_eviction import DEFAULT_POLICY, EvictionPolicy
 
 BlockTrace = Sequence[Sequence[int]]
 """A trace for :func:`replay`: one list of chained block hashes per request, in arrival order."""
@@ -112,7 +112,7 @@ def infinite_cache_hits(requests: BlockTrace) -> int:
 def replay(
     requests: BlockTrace,
     capacity_blocks: int,
-    policy: str | EvictionPolicy = "lru",
+    policy: str | EvictionPolicy = DEFAULT_POLICY,
     *,
     block_size: int = 512,
     seed: int = 0,
@@ -296,7 +296,9 @@ class MemoryUtilisation:
 def _token_counts(name: str, values: Any) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise InvalidInputError(f"{name} must be a 1-D sequence of integers, got dtype {array.dtype}, shape {array.shape}.")
+        raise InvalidInputError(
+            f"{name} must be a 1-D sequence of integers, got dtype {array.dtype}, shape {array.shape}."
+        )
     if array.size and array.min() < 0:
         row = int(np.argmin(array))
         raise InvalidInputError(f"{name}[{row}] = {array[row]} is negative; token counts must be >= 0.")
@@ -336,7 +338,7 @@ def memory_utilisation(
             raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
     cache = KVCache(-(-int(max_model_len) // int(block_size)), int(block_size), enable_prefix_caching=False)
     tokens = paged_reserved = served = 0
-    for request, (prompt, output) in enumerate(zip(context.tolist(), generated.tolist())):
+    for request, (prompt, output) in enumerate(zip(context.tolist(), generated.tolist(), strict=True)):
         if prompt + output > max_model_len:
             continue
         cache.allocate(request, prompt)

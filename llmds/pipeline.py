@@ -139,7 +139,8 @@ class HotQueryCache:
         self.threshold = _positive_int("threshold", threshold)
         self.window = None if window is None else _positive_int("window", window)
         if sketch is None:
-            sketch = CountMinSketch(4096, 4, seed=_positive_int("seed", seed, minimum=0), conservative=True)
+            seed = _positive_int("seed", seed, minimum=0)
+            sketch = CountMinSketch(4096, 4, seed=seed, conservative=True)
         elif not isinstance(sketch, CountMinSketch):
             raise InvalidInputError(
                 f"sketch must be an llmds.cms.CountMinSketch, got {type(sketch).__name__}."
@@ -311,7 +312,9 @@ class ExactDenseIndex:
         self._ids = np.concatenate([self._ids, new_ids])
         self._id_set.update(id_list)
 
-    def search(self, query: np.ndarray, k: int = 10, *, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int = 10, *, ef: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest ids and their distances, nearest first, ties by insertion order
         (``ef`` is accepted for interface compatibility and ignored: the search is exact)."""
         vector = _as_vectors(query, self.dim, "query", self.metric)
@@ -405,7 +408,9 @@ class HybridRetriever:
         ef: int | None = None,
     ) -> None:
         if bm25 is not None and not isinstance(bm25, BM25Index):
-            raise InvalidInputError(f"bm25 must be an llmds.bm25.BM25Index, got {type(bm25).__name__}.")
+            raise InvalidInputError(
+                f"bm25 must be an llmds.bm25.BM25Index, got {type(bm25).__name__}."
+            )
         if hnsw is not None and not all(hasattr(hnsw, name) for name in ("dim", "add", "search")):
             raise InvalidInputError(
                 f"hnsw must be an HNSWIndex or ExactDenseIndex, got {type(hnsw).__name__}."
@@ -438,7 +443,9 @@ class HybridRetriever:
         instance to sweep alpha. Clears the cache, whose answers used the old settings."""
         if fusion is not None:
             if fusion not in FUSIONS:
-                raise InvalidInputError(f"unknown fusion {fusion!r}; use one of {', '.join(FUSIONS)}.")
+                raise InvalidInputError(
+                    f"unknown fusion {fusion!r}; use one of {', '.join(FUSIONS)}."
+                )
             self.fusion = fusion
         if alpha is not None:
             self.alpha = check_alpha(alpha)
@@ -446,14 +453,17 @@ class HybridRetriever:
             if isinstance(rrf_k, bool) or not isinstance(rrf_k, numbers.Real) or not (
                 math.isfinite(rrf_k) and rrf_k >= 0
             ):
-                raise InvalidInputError(f"rrf_k must be a finite number >= 0 (default 60), got {rrf_k!r}.")
+                raise InvalidInputError(
+                    f"rrf_k must be a finite number >= 0 (default 60), got {rrf_k!r}."
+                )
             self.rrf_k = float(rrf_k)
         if depth is not None:
             self.depth = _positive_int("depth", depth)
         if normalisation is not None:
             if normalisation not in NORMALISATIONS:
                 raise InvalidInputError(
-                    f"unknown normalisation {normalisation!r}; use one of {', '.join(NORMALISATIONS)}."
+                    f"unknown normalisation {normalisation!r}; use one of "
+                    f"{', '.join(NORMALISATIONS)}."
                 )
             self.normalisation = normalisation
         if ef is not None:
@@ -501,7 +511,9 @@ class HybridRetriever:
 
         if not dense_built:
             if self.hnsw is None:
-                self.hnsw = HNSWIndex(embeddings.shape[1], metric="cosine", M=16, ef_construction=200)
+                self.hnsw = HNSWIndex(
+                    embeddings.shape[1], metric="cosine", M=16, ef_construction=200
+                )
             self.hnsw.add(embeddings, np.arange(count, dtype=np.int64))
         if not sparse_built:
             if self.bm25 is None:
@@ -551,8 +563,8 @@ class HybridRetriever:
 
         ``mode`` is ``"hybrid"`` (default: both retrievers, fused), ``"sparse"`` (BM25 only)
         or ``"dense"`` (the vector index only). ``query_vector`` (shape (dim,)) is needed for
-        hybrid and dense search unless an embedder is configured (sparse search ignores it). See :class:`SearchResult`
-        for what comes back; the stage timings are for this call.
+        hybrid and dense search unless an embedder is configured (sparse search ignores it).
+        See :class:`SearchResult` for what comes back; the stage timings are for this call.
         """
         start = time.perf_counter_ns()
         stage_ns = dict.fromkeys(STAGES, 0)
@@ -570,7 +582,8 @@ class HybridRetriever:
         if uses_dense:
             query_vector = self._query_vector(query_vector)
         checked = time.perf_counter_ns()
-        stage_ns["dense"] = checked - start
+        if uses_dense:
+            stage_ns["dense"] = checked - start  # the query vector's check
 
         key = None
         if self.cache is not None:
@@ -646,7 +659,8 @@ class HybridRetriever:
     def memory_bytes(self) -> int:
         """Bytes reported by both indexes and the cache, plus the id table (strings and the
         id -> position dictionary, estimated)."""
-        total = sum(part.memory_bytes() for part in (self.bm25, self.hnsw, self.cache) if part is not None)
+        parts = (self.bm25, self.hnsw, self.cache)
+        total = sum(part.memory_bytes() for part in parts if part is not None)
         if self._doc_ids:
             total += sum(map(sys.getsizeof, self._doc_ids)) + sys.getsizeof(self._position_of)
         return total
@@ -661,7 +675,9 @@ class HybridRetriever:
             "depth": self.depth,
             "normalisation": self.normalisation,
             "ef": self.ef,
-            "embedder": None if self.embedder is None else getattr(self.embedder, "__name__", "callable"),
+            "embedder": (
+                None if self.embedder is None else getattr(self.embedder, "__name__", "callable")
+            ),
             "bm25": None if self.bm25 is None else self.bm25.describe(),
             "dense": None if self.hnsw is None else self.hnsw.describe(),
             "cache": None if self.cache is None else self.cache.describe(),
@@ -669,8 +685,9 @@ class HybridRetriever:
         }
 
     def __repr__(self) -> str:
-        return (f"HybridRetriever(documents={len(self)}, fusion={self.fusion!r}, alpha={self.alpha}, "
-                f"rrf_k={self.rrf_k:g}, depth={self.depth}, cache={self.cache is not None})")
+        return (f"HybridRetriever(documents={len(self)}, fusion={self.fusion!r}, "
+                f"alpha={self.alpha}, rrf_k={self.rrf_k:g}, depth={self.depth}, "
+                f"cache={self.cache is not None})")
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -877,6 +894,10 @@ def _answer_bytes(ids: list[str], scores: np.ndarray) -> int:
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
         raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)

@@ -40,8 +40,10 @@ Scheduling policies (``policy``):
     priority. Linear aging is a static order (serve by ``arrival + aging_s * priority``), so a
     request is never overtaken by one that arrived more than ``aging_s * priority`` seconds
     after it: no starvation. Without explicit priorities, a request's priority is
-    ``w / (w + mean w)`` of its estimated work ``w`` (in [0, 1), an average request 0.5), so
-    short requests go first but none waits behind arrivals later than ``aging_s``.
+    ``p / (p + mean p)`` of its prompt length ``p`` (in [0, 1), an average prompt 0.5): the
+    prompt is known on arrival, needs no prediction, and is what a request's time to first
+    token depends on; so short prompts go first but none waits behind arrivals later than
+    ``aging_s`` after it (shortest-prompt-first with a bound).
 
 Preemption victims (``preemption``): ``newest`` (the most recently admitted running sequence,
 as vLLM does), ``lowest-priority`` (the running sequence the policy ranks last), or
@@ -631,7 +633,10 @@ class SchedulerConfig:
         An idle engine waits until ``micro_batch_size`` requests are queued or the oldest has
         waited ``micro_batch_max_wait_s`` (default 1 and 0: start at once).
     aging_s:
-        For ``priority-aging``: seconds of waiting worth one unit of priority (default 30 s).
+        For ``priority-aging``: seconds of waiting worth one unit of priority (default 120 s:
+        with derived priorities, in [0, 1), no request yields to arrivals more than two
+        minutes after it; on the Azure conversation trace near saturation this kept most of
+        shortest-prompt-first's goodput gain over FCFS while bounding the longest wait).
     cost:
         The iteration :class:`CostModel`.
     """
@@ -645,7 +650,7 @@ class SchedulerConfig:
     watermark_blocks: int = 70
     micro_batch_size: int = 1
     micro_batch_max_wait_s: float = 0.0
-    aging_s: float = 30.0
+    aging_s: float = 120.0
     cost: CostModel = field(default_factory=CostModel)
 
     def __post_init__(self) -> None:
@@ -800,10 +805,6 @@ class _Simulation:
         mean_prompt = float(prompts.mean()) if len(prompts) else 1.0
         return (prompts / (prompts + mean_prompt)).tolist()
 
-    def _estimated_work(self, prefill_tokens, output_tokens):
-        """Iterations a request still needs: prompt chunks plus one per output token."""
-        return prefill_tokens / self.config.max_batched_tokens + output_tokens
-
     def _queue_key(self, request: int) -> float:
         policy = self.config.policy
         if policy == "fcfs":
@@ -811,8 +812,11 @@ class _Simulation:
         if policy == "spf":
             return self.prompt[request]
         if policy == "srwf":
+            # Remaining work in iterations: prompt chunks to (re)compute plus one iteration
+            # per output token still to come (at least one, when a prediction fell short).
             remaining_output = max(self.predicted_output[request] - self.generated[request], 1)
-            return self._estimated_work(self.prompt[request] + self.generated[request], remaining_output)
+            prefill = self.prompt[request] + self.generated[request]
+            return prefill / self.config.max_batched_tokens + remaining_output
         return self.arrival[request] + self.config.aging_s * self.aging_priority[request]
 
     # ------------------------------------------------------------------ main loop

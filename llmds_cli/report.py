@@ -49,12 +49,13 @@ def evaluate_goals(goals: tuple[Goal, ...], rows: list[dict[str, Any]], dataset:
                 # the best configuration of ours is what a user would pick
                 value = max(measured) if goal.at_least is not None else min(measured)
         else:
-            peers = [pc for pc, pv in values.items() if pv["impl"] == goal.peer and goal.metric in pv]
+            peer_metric = goal.peer_metric or goal.metric
+            peers = [pc for pc, pv in values.items() if pv["impl"] == goal.peer and peer_metric in pv]
             for config, v in ours:
                 if goal.metric in v and peers:
                     peer = values[closest_config(config, peers)]
-                    if peer[goal.metric]:
-                        value = v[goal.metric] / peer[goal.metric]
+                    if peer[peer_metric]:
+                        value = v[goal.metric] / peer[peer_metric]
                         break
         results.append(GoalResult(goal, value, None if value is None or math.isnan(value) else goal.met(value)))
     return results

@@ -35,10 +35,12 @@ def exact_distances(metric: str, queries: np.ndarray, base: np.ndarray) -> np.nd
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+    pairs = zip(found.tolist(), truth.tolist())
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in pairs]))
 
 
-def small_index(metric: str = "l2", n: int = 200, dim: int = 8, **params) -> tuple[HNSWIndex, np.ndarray]:
+def small_index(metric: str = "l2", n: int = 200, dim: int = 8, **params):
+    """A small clustered index with small M: (index, data), ids 0..n-1."""
     params = {"M": 4, "ef_construction": 32, "ef": 32, "seed": 1, **params}
     index = HNSWIndex(dim, metric=metric, **params)
     data = clustered(n, dim)
@@ -219,7 +221,7 @@ def test_filter_by_id_array_and_callable_give_exact_allowed_neighbours():
     np.testing.assert_array_equal(by_callable, expected)
     ids, _ = index.search_batch(data[:3], 5, filter=allowed)
     assert np.isin(ids, allowed).all()
-    unsigned = np.append(allowed, 2**64 - 1).astype(np.uint64)
+    unsigned = np.append(allowed.astype(np.uint64), np.uint64(2**64 - 1))
     np.testing.assert_array_equal(index.search(query, 5, ef=100, filter=unsigned)[0], expected)
 
 
@@ -237,7 +239,7 @@ def test_bad_filter_is_rejected(bad_filter):
         index.search(data[0], 3, filter=bad_filter)
 
 
-# ---------------------------------------------------------------- bad vectors leave the index unchanged
+# ---------------------------------------------------------------- bad vectors change nothing
 
 
 @pytest.mark.parametrize(
@@ -547,7 +549,8 @@ def test_random_operations_keep_results_consistent_with_brute_force(ops, metric,
                 expected = exact_distances(metric, query[None], stored)[0]
                 np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-4)
                 live = np.array(sorted(vectors))
-                every = exact_distances(metric, query[None], np.stack([vectors[i] for i in live]))[0]
+                all_live = np.stack([vectors[i] for i in live])
+                every = exact_distances(metric, query[None], all_live)[0]
                 truth = set(live[np.argsort(every, kind="stable")[: len(ids)]].tolist())
                 searches += len(ids)
                 hits += len(truth & set(ids.tolist()))

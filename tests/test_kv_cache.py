@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from llmds.errors import CorruptIndexError, InvalidInputError
 from llmds.kv_cache import (
@@ -174,7 +180,12 @@ def test_allocate_blocks_fast_path_counts_hits_and_validates():
     assert cache.allocate_blocks(2, (1, 2, 3)) == 3  # trace convention: every block may hit
     stats = cache.stats()
     assert stats.hit_blocks == 5 and stats.lookups == 1 + 3 + 3  # 1 miss; 2 hits + 1 miss; 3 hits
-    for bad, message in (([], "empty"), ([1, -1], r"\[0, 2\*\*128\)"), ([1, "x"], "integers"), ("123", "list")):
+    for bad, message in (
+        ([], "empty"),
+        ([1, -1], r"\[0, 2\*\*128\)"),
+        ([1, "x"], "integers"),
+        ("123", "list"),
+    ):
         with pytest.raises(InvalidInputError, match=message):
             cache.allocate_blocks(9, bad)
     with pytest.raises(InvalidInputError, match="already live"):
@@ -198,6 +209,10 @@ def test_bad_inputs_name_the_sequence():
         cache.allocate("t", [1, -1])
     with pytest.raises(InvalidInputError, match="unknown eviction policy"):
         KVCache(4, BS, policy="random")
+    with pytest.raises(InvalidInputError, match="not hashable"):
+        cache.allocate(["list", "id"], 3)
+    with pytest.raises(InvalidInputError, match="not live"):
+        cache.free(["list", "id"])
 
 
 # ----------------------------------------------------------------------------- append / fork / free

@@ -15,7 +15,6 @@ from llmds.kv_eviction import (
     HitDensityPolicy,
     LFUPolicy,
     LRUPolicy,
-    TinyLFUPolicy,
     make_policy,
     policy_names,
 )
@@ -32,7 +31,10 @@ def bound(policy, num_blocks=16):
 
 
 @settings(max_examples=60, deadline=None)
-@given(name=st.sampled_from(policy_names()), script=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 15)), max_size=80))
+@given(
+    name=st.sampled_from(policy_names()),
+    script=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 15)), max_size=80),
+)
 def test_every_policy_tracks_exactly_the_evictable_blocks(name, script):
     """Random release / reuse / evict scripts against a set model of the evictable blocks."""
     policy = bound(make_policy(name))
@@ -136,7 +138,9 @@ def test_frequency_sketch_never_underestimates_and_halves():
     sketch.increment(6)  # the sample is full: every counter is halved (TinyLFU's reset)
     np.testing.assert_array_equal(np.frombuffer(bytes(sketch._counters), dtype=np.uint8), expected >> 1)
     assert sketch._additions == sketch.sample_size // 2
-    assert sketch.estimate(5000) == min(expected[slot] for slot in sketch._slots(5000)) >> 1  # doorkeeper cleared
+    assert (
+        sketch.estimate(5000) == min(expected[slot] for slot in sketch._slots(5000)) >> 1
+    )  # doorkeeper cleared
 
 
 def test_tinylfu_protects_a_popular_prefix_from_a_scan():

@@ -113,6 +113,7 @@ class Goal:
     text: str
     metric: str
     peer: str | None = None
+    peer_metric: str | None = None  # the peer's figure to divide by, when named differently
     at_least: float | None = None
     at_most: float | None = None
     datasets: tuple[str, ...] = ()

@@ -263,7 +263,8 @@ def configurations(mode: str, params: dict[str, Any], sweep: bool, impls: list[s
 
 TABLE = (
     Column("updates_per_s", "updates/s", "{:,.0f}"),
-    Column("updates_per_s_prehashed", "pre-hashed/s", "{:,.0f}"),
+    Column("updates_per_s_prehashed_untracked", "pre-hashed/s", "{:,.0f}"),
+    Column("updates_per_s_prehashed", "+top-k/s", "{:,.0f}"),
     Column("updates_per_s_single", "item-by-item/s", "{:,.0f}"),
     Column("queries_per_s", "queries/s", "{:,.0f}"),
     Column("max_error", "max err", "{:,.0f}"),
@@ -275,7 +276,10 @@ TABLE = (
     Column("memory_kib", "KiB", "{:,.0f}"),
 )
 GOALS = (
-    Goal("batched updates >= 10x DataSketches item by item", "updates_per_s", "datasketches", at_least=10.0),
+    Goal("batched updates of pre-hashed keys >= 10x DataSketches item by item", "updates_per_s_prehashed_untracked",
+         "datasketches", peer_metric="updates_per_s", at_least=10.0),
+    Goal("batched updates of Python strings (hashing included) >= 10x DataSketches", "updates_per_s",
+         "datasketches", at_least=10.0),
     Goal("share of keys with error > epsilon*N <= delta (0.01)", "share_over_bound", at_most=0.01),
     Goal("top-100 heavy hitters precision >= 0.99", "hh_precision", at_least=0.99),
     Goal("top-100 heavy hitters recall >= 0.99", "hh_recall", at_least=0.99),
