@@ -202,10 +202,28 @@ def _select_top(acc, docs, count, k, shift, floor, heap_scores, heap_docs):
     ``acc[doc] + shift``) in the heap; returns how many were kept. The floor lets threshold
     searches pass over the many documents that cannot matter with one comparison each."""
     size = 0
+    # The worst kept entry lives in locals: most documents lose against it, and comparing
+    # registers is several times cheaper than going through the heap for each of them.
+    worst_score = 0.0
+    worst_doc = 0
     for i in range(count):
         doc = docs[i]
-        if acc[doc] >= floor:
-            size = _push_top(heap_scores, heap_docs, size, k, acc[doc] + shift, doc)
+        value = acc[doc]
+        if value < floor:
+            continue
+        score = value + shift
+        if size == k:
+            if _is_worse(score, doc, worst_score, worst_doc):
+                continue
+            heap_scores[0] = score
+            heap_docs[0] = doc
+            _sift_down(heap_scores, heap_docs, size, 0)
+        else:
+            size = _push_top(heap_scores, heap_docs, size, k, score, doc)
+            if size < k:
+                continue
+        worst_score = heap_scores[0]
+        worst_doc = heap_docs[0]
     return size
 
 

@@ -1045,7 +1045,8 @@ class KVCache:
         """Save pool, prefix cache, sequences (and storage, if on) as .npy + JSON (no pickle).
 
         Sequence ids must be ints or strs. The eviction policy's own statistics are not saved:
-        :meth:`load` gives the cached blocks to a fresh policy in the saved eviction order.
+        :meth:`load` gives the cached blocks to a fresh policy in the saved eviction order, and
+        the :meth:`stats` counters restart at zero.
         """
         for seq_id in self._sequences:
             if isinstance(seq_id, bool) or not isinstance(seq_id, (int, str)):

@@ -806,6 +806,7 @@ class _Simulation:
         return (prompts / (prompts + mean_prompt)).tolist()
 
     def _queue_key(self, request: int) -> float:
+        """The policy's rank of ``request`` (smaller runs first), from its current progress."""
         policy = self.config.policy
         if policy == "fcfs":
             return self.arrival[request]
@@ -814,8 +815,9 @@ class _Simulation:
         if policy == "srwf":
             # Remaining work in iterations: prompt chunks to (re)compute plus one iteration
             # per output token still to come (at least one, when a prediction fell short).
-            remaining_output = max(self.predicted_output[request] - self.generated[request], 1)
-            prefill = self.prompt[request] + self.generated[request]
+            generated = self._current_generated(request)
+            remaining_output = max(self.predicted_output[request] - generated, 1)
+            prefill = self.prompt[request] + generated
             return prefill / self.config.max_batched_tokens + remaining_output
         return self.arrival[request] + self.config.aging_s * self.aging_priority[request]
 
@@ -1022,6 +1024,11 @@ class _Simulation:
         if request in self.decoding:
             return self.kv_length[request] + self.step - self.join_step[request]
         return self.kv_length[request]
+
+    def _current_generated(self, request: int) -> int:
+        if request in self.decoding:
+            return self.generated[request] + self.step - self.join_step[request]
+        return self.generated[request]
 
     # ------------------------------------------------------------------ request life cycle
 

@@ -268,6 +268,25 @@ def test_prefix_caching_through_the_kv_component():
         ).run(trace)
 
 
+def test_kv_component_and_block_counter_give_the_same_schedule():
+    # Without prefix keys the kv component only counts blocks, so both managers must agree.
+    rng = np.random.default_rng(5)
+    trace = RequestTrace.from_arrays(np.sort(rng.uniform(0, 20, 80)), rng.integers(1, 300, 80), rng.integers(1, 200, 80))
+    config = SchedulerConfig(num_blocks=120, block_size=16, watermark_blocks=2, max_batched_tokens=256, cost=UNIT_COST)
+    counted = Scheduler(config, kv=CountingBlockManager(120, 16)).run(trace)
+    real = Scheduler(config, kv=KVCacheBlockManager(KVCache(120, 16))).run(trace)
+    assert counted.preemptions.sum() > 0
+    for name in ("first_token_s", "finish_s", "queue_wait_s", "step_start_s", "step_kv_utilisation"):
+        np.testing.assert_array_equal(getattr(counted, name), getattr(real, name))
+
+
+def test_an_empty_trace_simulates_to_an_empty_result():
+    result, _ = simulate(RequestTrace.from_arrays([], [], []))
+    assert len(result.arrival_s) == 0 and len(result.step_start_s) == 0
+    summary = summarize(result, parse_slo("ttft=1s"))
+    assert summary["requests"] == 0 and math.isnan(summary["ttft_p99_s"])
+
+
 def test_default_block_manager_is_the_kv_component():
     trace = RequestTrace.from_arrays([0.0, 0.5], [30, 50], [5, 9])
     scheduler = Scheduler(SchedulerConfig(num_blocks=64, watermark_blocks=1))
