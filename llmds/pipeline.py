@@ -256,8 +256,10 @@ class HotQueryCache:
 
 
 def _empty_like(sketch: CountMinSketch) -> CountMinSketch:
+    """A fresh sketch with the settings of ``sketch`` (and its current counter type)."""
     return CountMinSketch(
-        sketch.width, sketch.depth, seed=sketch.seed, conservative=sketch.conservative
+        sketch.width, sketch.depth, seed=sketch.seed, conservative=sketch.conservative,
+        dtype=sketch.dtype, overflow=sketch.overflow, track_top=sketch.track_top,
     )
 
 

@@ -231,12 +231,16 @@ def _checked_prefix_keys(prefix_keys: Any, prefix_block_tokens: Any, count: int)
     checked = []
     for row, keys in enumerate(prefix_keys):
         keys = tuple(keys)
-        if not all(isinstance(key, numbers.Integral) and not isinstance(key, bool) and 0 <= key < _MAX_PREFIX_KEY for key in keys):
+        if not all(_is_prefix_key(key) for key in keys):
             raise InvalidInputError(
                 f"prefix_keys[{row}] = {keys[:8]!r}: prefix keys must be ints in [0, 2**64)."
             )
         checked.append(tuple(int(key) for key in keys))
     return tuple(checked)
+
+
+def _is_prefix_key(key: Any) -> bool:
+    return isinstance(key, numbers.Integral) and not isinstance(key, bool) and 0 <= key < _MAX_PREFIX_KEY
 
 
 def _as_float_array(name: str, values: Any) -> np.ndarray:
@@ -347,8 +351,8 @@ class SLO:
     e2e_s: float | None = None
 
     def __str__(self) -> str:
-        parts = [f"{key}={getattr(self, key + '_s') * 1000:g}ms" for key in SLO_KEYS if getattr(self, key + "_s") is not None]
-        return ",".join(parts) or "none"
+        targets = ((key, getattr(self, f"{key}_s")) for key in SLO_KEYS)
+        return ",".join(f"{key}={seconds * 1000:g}ms" for key, seconds in targets if seconds is not None) or "none"
 
 
 def parse_slo(text: str) -> SLO:
@@ -398,7 +402,9 @@ class BlockManager(Protocol):
 
     def free_blocks(self) -> int: ...
 
-    def start(self, seq_id: int, prompt_tokens: int, prefix_keys: tuple[int, ...] | None, key_tokens: int | None) -> int | None:
+    def start(
+        self, seq_id: int, prompt_tokens: int, prefix_keys: tuple[int, ...] | None, key_tokens: int | None
+    ) -> int | None:
         """Begin a sequence that will compute ``prompt_tokens`` tokens, reusing cached prefix blocks.
 
         Returns the tokens found cached (they count as computed), or ``None`` if the blocks it
@@ -444,7 +450,9 @@ class KVCacheBlockManager:
         cache = self.cache
         return cache.num_free_blocks + cache.num_cached_blocks
 
-    def start(self, seq_id: int, prompt_tokens: int, prefix_keys: tuple[int, ...] | None, key_tokens: int | None) -> int | None:
+    def start(
+        self, seq_id: int, prompt_tokens: int, prefix_keys: tuple[int, ...] | None, key_tokens: int | None
+    ) -> int | None:
         from llmds.kv_cache import CacheFullError
 
         block_size = self.block_size

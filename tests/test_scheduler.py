@@ -159,7 +159,9 @@ def small_workloads(draw):
     max_seqs=st.integers(1, 6),
     watermark=st.integers(0, 2),
 )
-def test_invariants_hold_for_any_workload(trace, policy, preemption, num_blocks, block_size, budget, max_seqs, watermark):
+def test_invariants_hold_for_any_workload(
+    trace, policy, preemption, num_blocks, block_size, budget, max_seqs, watermark
+):
     result, kv = simulate(
         trace,
         policy=policy,
@@ -271,7 +273,8 @@ def test_prefix_caching_through_the_kv_component():
 def test_kv_component_and_block_counter_give_the_same_schedule():
     # Without prefix keys the kv component only counts blocks, so both managers must agree.
     rng = np.random.default_rng(5)
-    trace = RequestTrace.from_arrays(np.sort(rng.uniform(0, 20, 80)), rng.integers(1, 300, 80), rng.integers(1, 200, 80))
+    arrivals = np.sort(rng.uniform(0, 20, 80))
+    trace = RequestTrace.from_arrays(arrivals, rng.integers(1, 300, 80), rng.integers(1, 200, 80))
     config = SchedulerConfig(num_blocks=120, block_size=16, watermark_blocks=2, max_batched_tokens=256, cost=UNIT_COST)
     counted = Scheduler(config, kv=CountingBlockManager(120, 16)).run(trace)
     real = Scheduler(config, kv=KVCacheBlockManager(KVCache(120, 16))).run(trace)
@@ -449,7 +452,9 @@ def test_bad_configuration_and_optional_arrays():
     kv.start(99, 1, None, None)
     kv.extend(99, 1)
     with pytest.raises(InvalidInputError, match="empty KV cache"):
-        Scheduler(SchedulerConfig(num_blocks=10, watermark_blocks=0), kv=kv).run(RequestTrace.from_arrays([0], [1], [1]))
+        Scheduler(SchedulerConfig(num_blocks=10, watermark_blocks=0), kv=kv).run(
+            RequestTrace.from_arrays([0], [1], [1])
+        )
 
 
 @pytest.mark.parametrize(
