@@ -63,6 +63,9 @@ METRICS = ("cosine", "ip", "l2")
 
 Embedder = Callable[[list[str]], np.ndarray]
 
+_NO_DOCS = np.zeros(0, dtype=np.int64)
+_NO_SCORES = np.zeros(0, dtype=np.float64)
+
 _ENTRY_OVERHEAD_BYTES = 120
 """Approximate bytes of one cache entry's bookkeeping: an ordered-dict node with its key and
 value references, and the value tuple."""
@@ -88,6 +91,19 @@ class SearchResult:
     cached: bool
     stage_ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     total_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Each retriever's ranked candidates for one query, before fusion (see
+    :meth:`HybridRetriever.candidates`): document positions (``doc_ids[p]`` names position
+    ``p``) best first, with their BM25 scores and dense similarities (as in
+    :class:`SearchResult`). A retriever that was not searched has empty arrays."""
+
+    sparse_positions: np.ndarray
+    sparse_scores: np.ndarray
+    dense_positions: np.ndarray
+    dense_scores: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------
@@ -444,30 +460,15 @@ class HybridRetriever:
         """Change search settings (those given; see the constructor) without re-indexing, for
         instance to sweep alpha. Clears the cache, whose answers used the old settings."""
         if fusion is not None:
-            if fusion not in FUSIONS:
-                raise InvalidInputError(
-                    f"unknown fusion {fusion!r}; use one of {', '.join(FUSIONS)}."
-                )
-            self.fusion = fusion
+            self.fusion = _check_fusion(fusion)
         if alpha is not None:
             self.alpha = check_alpha(alpha)
         if rrf_k is not None:
-            if isinstance(rrf_k, bool) or not isinstance(rrf_k, numbers.Real) or not (
-                math.isfinite(rrf_k) and rrf_k >= 0
-            ):
-                raise InvalidInputError(
-                    f"rrf_k must be a finite number >= 0 (default 60), got {rrf_k!r}."
-                )
-            self.rrf_k = float(rrf_k)
+            self.rrf_k = _check_rrf_k(rrf_k)
         if depth is not None:
             self.depth = _positive_int("depth", depth)
         if normalisation is not None:
-            if normalisation not in NORMALISATIONS:
-                raise InvalidInputError(
-                    f"unknown normalisation {normalisation!r}; use one of "
-                    f"{', '.join(NORMALISATIONS)}."
-                )
-            self.normalisation = normalisation
+            self.normalisation = _check_normalisation(normalisation)
         if ef is not None:
             self.ef = _positive_int("ef", ef)
         if self.cache is not None and self._doc_ids is not None:
@@ -570,26 +571,19 @@ class HybridRetriever:
         """
         start = time.perf_counter_ns()
         stage_ns = dict.fromkeys(STAGES, 0)
-        if self._doc_ids is None:
-            raise InvalidInputError("nothing is indexed yet; call index() before search().")
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-        if not isinstance(query_text, str):
-            raise InvalidInputError(
-                f"query_text must be a str, got {type(query_text).__name__}."
-            )
         if type(k) is not int or k <= 0:
             k = _positive_int("k", k)
         uses_dense = mode != "sparse"
-        if uses_dense:
-            query_vector = self._query_vector(query_vector)
+        query_vector = self._check_query(query_text, query_vector, uses_dense)
         checked = time.perf_counter_ns()
         if uses_dense:
             stage_ns["dense"] = checked - start  # the query vector's check
 
         key = None
         if self.cache is not None:
-            key = _cache_key(query_text, query_vector if uses_dense else None, k, mode)
+            key = _cache_key(query_text, query_vector, k, mode)
             answer = self.cache.get(key)
             if answer is not None:
                 end = time.perf_counter_ns()
@@ -599,41 +593,24 @@ class HybridRetriever:
             stage_ns["cache"] = time.perf_counter_ns() - checked
 
         depth = max(self.depth, k)
-        if mode != "dense":
-            t0 = time.perf_counter_ns()
-            token_ids = self.bm25.query_token_ids(query_text)
-            t1 = time.perf_counter_ns()
-            sparse_docs, sparse_scores = self.bm25.search_token_ids(
-                token_ids, k if mode == "sparse" else depth
-            )
-            stage_ns["tokenise"] = t1 - t0
-            stage_ns["sparse"] = time.perf_counter_ns() - t1
-        if uses_dense:
-            if query_vector is None:
-                t0 = time.perf_counter_ns()
-                query_vector = self._embed([query_text], 1)[0]
-                stage_ns["embed"] = time.perf_counter_ns() - t0
-            t0 = time.perf_counter_ns()
-            dense_docs, distances = self.hnsw.search(
-                query_vector, k if mode == "dense" else depth, ef=self.ef
-            )
-            stage_ns["dense"] += time.perf_counter_ns() - t0
-
+        found = self._retrieve(
+            query_text,
+            query_vector,
+            sparse_k={"hybrid": depth, "sparse": k, "dense": 0}[mode],
+            dense_k={"hybrid": depth, "sparse": 0, "dense": k}[mode],
+            stage_ns=stage_ns,
+        )
         t0 = time.perf_counter_ns()
         if mode == "sparse":
-            docs, scores = sparse_docs, sparse_scores
+            docs, scores = found.sparse_positions, found.sparse_scores
         elif mode == "dense":
-            docs, scores = dense_docs, self._similarities(distances)
-        elif self.fusion == "rrf":
-            docs, scores = rrf_positions((sparse_docs, dense_docs), self.rrf_k, None, k)
+            docs, scores = found.dense_positions, found.dense_scores
         else:
-            docs, scores = convex_positions(
-                sparse_docs, sparse_scores, dense_docs, self._similarities(distances),
-                self.alpha, self.normalisation, k,
+            docs, scores = self._fused_positions(
+                found, k, self.fusion, self.alpha, self.rrf_k, self.normalisation
             )
         doc_ids = self._doc_ids
         ids = [doc_ids[position] for position in docs.tolist()]
-        scores = np.asarray(scores, dtype=np.float64)
         stage_ns["fusion"] = time.perf_counter_ns() - t0
 
         if key is not None:
@@ -642,6 +619,96 @@ class HybridRetriever:
             self.cache.put(key, (tuple(ids), scores), _answer_bytes(ids, scores))
             stage_ns["cache"] += time.perf_counter_ns() - t0
         return SearchResult(ids, scores, False, stage_ns, time.perf_counter_ns() - start)
+
+    def candidates(
+        self, query_text: str, query_vector: np.ndarray | None = None, *, depth: int | None = None
+    ) -> Candidates:
+        """Both retrievers' top ``depth`` (default: the retriever's depth) for a query, before
+        fusion. With :meth:`fuse`, this evaluates many fusion settings (an alpha sweep, say)
+        from one retrieval per query. The cache is not consulted."""
+        depth = self.depth if depth is None else _positive_int("depth", depth)
+        query_vector = self._check_query(query_text, query_vector, uses_dense=True)
+        return self._retrieve(query_text, query_vector, depth, depth, dict.fromkeys(STAGES, 0))
+
+    def fuse(
+        self,
+        candidates: Candidates,
+        k: int = 10,
+        *,
+        fusion: str | None = None,
+        alpha: float | None = None,
+        rrf_k: float | None = None,
+        normalisation: str | None = None,
+    ) -> tuple[list[str], np.ndarray]:
+        """The top ``k`` ids and scores of fused :meth:`candidates`, with the retriever's
+        settings or the ones given here (same meaning as in the constructor)."""
+        if not isinstance(candidates, Candidates):
+            raise InvalidInputError(
+                f"candidates must come from HybridRetriever.candidates(), got "
+                f"{type(candidates).__name__}."
+            )
+        docs, scores = self._fused_positions(
+            candidates,
+            _positive_int("k", k),
+            self.fusion if fusion is None else _check_fusion(fusion),
+            self.alpha if alpha is None else check_alpha(alpha),
+            self.rrf_k if rrf_k is None else _check_rrf_k(rrf_k),
+            self.normalisation if normalisation is None else _check_normalisation(normalisation),
+        )
+        doc_ids = self._doc_ids
+        return [doc_ids[position] for position in docs.tolist()], scores
+
+    def _retrieve(
+        self,
+        query_text: str,
+        query_vector: np.ndarray | None,
+        sparse_k: int,
+        dense_k: int,
+        stage_ns: dict[str, int],
+    ) -> Candidates:
+        """Search each retriever asked for (k > 0), adding the time of each stage to
+        ``stage_ns``; a retriever not asked for contributes empty arrays."""
+        sparse_docs, sparse_scores = _NO_DOCS, _NO_SCORES
+        dense_docs, dense_scores = _NO_DOCS, _NO_SCORES
+        if sparse_k:
+            t0 = time.perf_counter_ns()
+            token_ids = self.bm25.query_token_ids(query_text)
+            t1 = time.perf_counter_ns()
+            sparse_docs, sparse_scores = self.bm25.search_token_ids(token_ids, sparse_k)
+            stage_ns["tokenise"] += t1 - t0
+            stage_ns["sparse"] += time.perf_counter_ns() - t1
+        if dense_k:
+            if query_vector is None:
+                t0 = time.perf_counter_ns()
+                query_vector = self._embed([query_text], 1)[0]
+                stage_ns["embed"] += time.perf_counter_ns() - t0
+            t0 = time.perf_counter_ns()
+            dense_docs, distances = self.hnsw.search(query_vector, dense_k, ef=self.ef)
+            dense_scores = self._similarities(distances)
+            stage_ns["dense"] += time.perf_counter_ns() - t0
+        return Candidates(sparse_docs, sparse_scores, dense_docs, dense_scores)
+
+    @staticmethod
+    def _fused_positions(
+        found: Candidates, k: int, fusion: str, alpha: float, rrf_k: float, normalisation: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if fusion == "rrf":
+            return rrf_positions((found.sparse_positions, found.dense_positions), rrf_k, None, k)
+        return convex_positions(
+            found.sparse_positions, found.sparse_scores, found.dense_positions,
+            found.dense_scores, alpha, normalisation, k,
+        )
+
+    def _check_query(
+        self, query_text: Any, query_vector: Any, uses_dense: bool
+    ) -> np.ndarray | None:
+        """Check that the retriever is indexed and the query usable; returns the query vector
+        as float32 (dim,), or ``None`` when not needed or the embedder will make it."""
+        if self._doc_ids is None:
+            raise InvalidInputError("nothing is indexed yet; call index() before searching.")
+        if not isinstance(query_text, str):
+            raise InvalidInputError(f"query_text must be a str, got {type(query_text).__name__}.")
+        return self._query_vector(query_vector) if uses_dense else None
 
     # -- inspection ----------------------------------------------------------------------
 
@@ -864,6 +931,30 @@ def _as_vectors(
             )
         matrix = matrix / norms[:, None]
     return matrix
+
+
+def _check_fusion(fusion: Any) -> str:
+    if fusion not in FUSIONS:
+        raise InvalidInputError(f"unknown fusion {fusion!r}; use one of {', '.join(FUSIONS)}.")
+    return fusion
+
+
+def _check_rrf_k(rrf_k: Any) -> float:
+    if (
+        isinstance(rrf_k, bool)
+        or not isinstance(rrf_k, numbers.Real)
+        or not (math.isfinite(rrf_k) and rrf_k >= 0)
+    ):
+        raise InvalidInputError(f"rrf_k must be a finite number >= 0 (default 60), got {rrf_k!r}.")
+    return float(rrf_k)
+
+
+def _check_normalisation(normalisation: Any) -> str:
+    if normalisation not in NORMALISATIONS:
+        raise InvalidInputError(
+            f"unknown normalisation {normalisation!r}; use one of {', '.join(NORMALISATIONS)}."
+        )
+    return normalisation
 
 
 def _check_texts(texts: Any, count: int) -> list[str]:

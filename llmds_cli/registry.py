@@ -231,7 +231,7 @@ _register(
         params=(
             Param("measure", "simulate", "simulate (policies x load) or heap (indexed heap vs heapq); default: both."),
             Param("policy", "fcfs", "fcfs, spf, srwf or priority-aging; default: all four."),
-            Param("rate_scale", 1.0, "Compress arrival times by this factor; bench/compare sweep 1-8x unless fixed."),
+            Param("rate_scale", 1.0, "Arrival-rate multiplier (timestamps / factor); bench/compare sweep 0.5-1.0x unless fixed."),
         ),
         workloads=("synthetic-requests", "azure-conv", "azure-code", "sharegpt-lengths"),
         metrics=("ttft_p99", "tpot_p99", "e2e_p99", "throughput", "goodput"),

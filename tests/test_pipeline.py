@@ -93,6 +93,25 @@ def test_hybrid_convex_equals_independent_fusion(corpus, normalisation):
         np.testing.assert_allclose(result.scores, [s for _, s in expected], rtol=1e-5, atol=1e-6)
 
 
+def test_candidates_and_fuse_reproduce_search(corpus):
+    ids, texts, vectors = corpus
+    retriever = HybridRetriever(hnsw=ExactDenseIndex(DIM), depth=12).index(ids, texts, vectors)
+    for text, vector in zip(*_queries(4)):
+        found = retriever.candidates(text, vector)
+        assert len(found.sparse_positions) <= 12 and len(found.dense_positions) == 12
+        assert retriever.fuse(found, 6)[0] == retriever.search(text, vector, 6).ids
+        for alpha in (0.0, 0.35, 1.0):
+            fused_ids, fused_scores = retriever.fuse(found, 6, fusion="convex", alpha=alpha)
+            retriever.configure(fusion="convex", alpha=alpha)
+            result = retriever.search(text, vector, 6)
+            assert fused_ids == result.ids and np.array_equal(fused_scores, result.scores)
+            retriever.configure(fusion="rrf")
+    with pytest.raises(InvalidInputError, match="alpha"):
+        retriever.fuse(found, 5, fusion="convex", alpha=2.0)
+    with pytest.raises(InvalidInputError, match="candidates"):
+        retriever.fuse((found.sparse_positions, found.dense_positions), 5)
+
+
 def test_single_retriever_modes(corpus, exact_retriever):
     ids, texts, vectors = corpus
     bm25 = BM25Index().index(texts, ids)
