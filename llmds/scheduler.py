@@ -52,20 +52,17 @@ as vLLM does), ``lowest-priority`` (the running sequence the policy ranks last),
 
 from __future__ import annotations
 
-import csv
 import math
 import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from llmds.admission import QUEUE, REJECT, AdmissionController
-from llmds.errors import DatasetError, InvalidInputError
+from llmds.errors import InvalidInputError
 from llmds.indexed_heap import IndexedHeap
 
 POLICIES = ("fcfs", "spf", "srwf", "priority-aging")
@@ -269,43 +266,6 @@ def _as_length_array(name: str, values: Any, count: int) -> np.ndarray:
                 f"{name}[{row}] is {array[row]:g}; token counts must be whole numbers >= 1."
             )
     return array.astype(np.int64)
-
-
-def load_azure_trace(path: str | Path) -> RequestTrace:
-    """Read an Azure LLM inference trace CSV (``TIMESTAMP, ContextTokens, GeneratedTokens``).
-
-    The Azure Public Dataset's 2023 traces (Patel et al., "Splitwise", ISCA 2024). Arrival times
-    become seconds since the first request. Rows with a missing or unparsable field raise
-    :class:`DatasetError` naming the line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"trace file {path} does not exist; pass the path of an Azure trace CSV.")
-    with open(path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        expected = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
-        if header is None or [name.strip() for name in header] != expected:
-            raise DatasetError(f"{path}: header {header} is not the Azure trace header {expected}.")
-        arrivals, prompts, outputs = [], [], []
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                stamp, context, generated = row
-                arrivals.append(datetime.fromisoformat(stamp.strip()).timestamp())
-                prompts.append(int(context))
-                outputs.append(int(generated))
-            except ValueError:
-                raise DatasetError(
-                    f"{path}, line {line_number}: cannot read {row!r} as (timestamp, context tokens, "
-                    "generated tokens); fix or drop the row."
-                ) from None
-    arrival = np.asarray(arrivals, dtype=np.float64)
-    if len(arrival):
-        arrival -= arrival[0]
-    try:
-        return RequestTrace.from_arrays(arrival, prompts, outputs)
-    except InvalidInputError as error:
-        raise DatasetError(f"{path}: {error}") from None
 
 
 def gamma_arrivals(count: int, rate: float, cv: float = 1.0, seed: int = 0) -> np.ndarray:

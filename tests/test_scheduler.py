@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmds.admission import AdmissionController
-from llmds.errors import DatasetError, InvalidInputError
+from llmds.errors import InvalidInputError
 from llmds.kv_cache import KVCache
 from llmds.scheduler import (
     POLICIES,
@@ -23,11 +23,11 @@ from llmds.scheduler import (
     Scheduler,
     SchedulerConfig,
     gamma_arrivals,
-    load_azure_trace,
     noisy_predictions,
     parse_slo,
     summarize,
 )
+from llmds_cli.datasets import load_azure_trace
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -530,7 +530,8 @@ def test_azure_conversation_trace_loads_and_simulates():
     path = DATA / "traces" / "AzureLLMInferenceTrace_conv.csv"
     if not path.exists():
         pytest.skip(f"{path} is absent (shared real data not mounted)")
-    trace = load_azure_trace(path)
+    loaded = load_azure_trace(path)  # the toolkit's loader; its bad-row errors are tested in test_datasets
+    trace = RequestTrace.from_arrays(loaded.arrival_s, loaded.prompt_tokens, loaded.output_tokens)
     assert len(trace) == 19366
     assert trace.arrival_s[0] == 0 and 3400 < trace.arrival_s[-1] < 3600
     assert trace.prompt_tokens.mean() == pytest.approx(1155, abs=1)
@@ -538,18 +539,3 @@ def test_azure_conversation_trace_loads_and_simulates():
     result, kv = simulate(head, policy="srwf")
     assert result.finished.all() and kv.free == kv.num_blocks
     assert np.array_equal(result.generated_tokens, head.output_tokens)
-
-
-def test_azure_trace_reader_reports_bad_rows(tmp_path):
-    path = tmp_path / "trace.csv"
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n2023-11-16 18:15:47,,5\n")
-    with pytest.raises(DatasetError, match="line 3"):
-        load_azure_trace(path)
-    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:47,374,44\n2023-11-16 18:15:46,10,5\n")
-    with pytest.raises(DatasetError, match="not sorted"):
-        load_azure_trace(path)
-    path.write_text("time,in,out\n")
-    with pytest.raises(DatasetError, match="header"):
-        load_azure_trace(path)
-    with pytest.raises(DatasetError, match="does not exist"):
-        load_azure_trace(tmp_path / "missing.csv")
