@@ -58,9 +58,9 @@ from llmds.postings import (
     BLOCK_SIZE,
     MAX_DOCUMENTS,
     CompressedPostings,
-    bitmap_tf,
     chunk_start,
     concatenate_postings,
+    decode_bitmap_masked,
     decode_chunk,
     is_bitmap,
     num_chunks,
@@ -290,55 +290,20 @@ def _accumulate_survivors(postings, term, weight, shape, norms, acc, doc_buffer,
 
 
 @njit(cache=True)
-def _probe(postings, term, weight, shape, norms, doc):
-    """The contribution of a bitmap-stored term to one document, looked up in O(1)."""
-    words, term_offsets, _ = postings
-    tf = bitmap_tf(words, term_offsets[term], len(norms), doc)
-    return weight * _gain(tf, norms[doc], shape) if tf > 0 else 0.0
-
-
-@njit(cache=True)
-def _complete_candidates(
-    postings, shape, norms, acc, candidates, count, probe_terms, probe_weights, probe_remaining,
-    threshold, shift, k, heap_scores, heap_docs,
-):
-    """Finish the scores of the candidates by probing the bitmap-stored terms left, document
-    at a time, and keep the best ``k`` in the heap; returns the heap size.
-
-    The candidates with the best partial scores are completed first: their exact scores give
-    a threshold close to the final k-th score at once, so that most other candidates are
-    dropped after a single comparison (or after the first probes) instead of being probed
-    in every remaining list.
-    """
-    terms = len(probe_terms)
-    selected = _select_top(acc, candidates, count, k, 0.0, 0.0, heap_scores, heap_docs)
-    if selected == k:
-        kth_complete = np.inf
-        for i in range(k):
-            doc = heap_docs[i]
-            complete = acc[doc]
-            for j in range(terms):
-                complete += _probe(postings, probe_terms[j], probe_weights[j], shape, norms, doc)
-            kth_complete = min(kth_complete, complete)
-        threshold = max(threshold, kth_complete)
-    size = 0
-    for i in range(count):
-        doc = candidates[i]
-        score = acc[doc]
-        floor = threshold - _BOUND_SLACK * (threshold + shift)
-        if score + probe_remaining[0] < floor:
-            continue
-        j = 0
-        while j < terms and score + probe_remaining[j] >= floor:
-            score += _probe(postings, probe_terms[j], probe_weights[j], shape, norms, doc)
-            j += 1
-        if j < terms or score < floor:
-            continue
-        final = score + shift
-        size = _push_top(heap_scores, heap_docs, size, k, final, doc)
-        if size == k:
-            threshold = max(threshold, heap_scores[0] - shift)
-    return size
+def _accumulate_masked(postings, term, weight, shape, norms, acc, mask, doc_buffer, tf_buffer):
+    """Add a bitmap-stored term's contributions to the documents set in ``mask`` only: one
+    AND per 64 documents finds them, so the list itself is never decoded."""
+    words, term_offsets, term_df = postings
+    num_documents = len(norms)
+    offset = term_offsets[term]
+    rank = 0
+    for chunk in range(num_chunks(term_df[term], num_documents)):
+        size, rank = decode_bitmap_masked(
+            words, offset, num_documents, chunk, rank, mask, doc_buffer, tf_buffer
+        )
+        for i in range(size):
+            doc = doc_buffer[i]
+            acc[doc] += weight * _gain(tf_buffer[i], norms[doc], shape)
 
 
 @njit(cache=True)
@@ -358,9 +323,9 @@ def _distinct_terms(token_ids):
 
 @njit(cache=True)
 def _query_plan(postings, term_max_gains, num_documents, method, absent_part, token_ids):
-    """The query's distinct terms in the order to process them (decreasing score bound), with
-    their weights (count x idf) and bounds, the bound of the terms from each position on, and
-    the score every document receives from absent terms."""
+    """The query's distinct terms in the order to process them (decreasing score bound), their
+    weights (count x idf), the bound of the terms from each position on, and the score every
+    document receives from absent terms."""
     terms, counts = _distinct_terms(token_ids)
     term_df = postings[2]
     m = len(terms)
@@ -375,7 +340,7 @@ def _query_plan(postings, term_max_gains, num_documents, method, absent_part, to
     remaining = np.zeros(m + 1, dtype=np.float64)
     for position in range(m - 1, -1, -1):
         remaining[position] = remaining[position + 1] + bounds[order[position]]
-    return terms[order], weights[order], bounds[order], remaining, shift
+    return terms[order], weights[order], remaining, shift
 
 
 @njit(cache=True)
@@ -397,13 +362,15 @@ def _keep_reachable(acc, docs, count, remaining, threshold, shift):
 @njit(cache=True)
 def _search_one(
     postings, term_max_gains, norms, method, shape, absent_part, token_ids, k,
-    acc, touched, heap_scores, heap_docs, doc_buffer, tf_buffer, out_docs, out_scores,
+    acc, touched, candidate_bits, heap_scores, heap_docs, doc_buffer, tf_buffer,
+    out_docs, out_scores,
 ):
     """Exact top-k of one query into ``out_docs``/``out_scores``; returns the result count.
 
-    ``acc`` must hold -1 for every document on entry and does again on return.
+    ``acc`` must hold -1 for every document and ``candidate_bits`` 0 on entry, and do again
+    on return.
     """
-    terms, weights, bounds, remaining, shift = _query_plan(
+    terms, weights, remaining, shift = _query_plan(
         postings, term_max_gains, len(norms), method, absent_part, token_ids
     )
     m = len(terms)
@@ -432,34 +399,27 @@ def _search_one(
         )
         best = max(best, list_best)
 
-    if restricted_from == m:
-        size = _select_top(acc, touched, touched_count, k, shift, 0.0, heap_scores, heap_docs)
-    else:
-        # No unseen document can reach the top k any more. Packed (short) lists left are
-        # decoded for the survivors; bitmap lists left are probed per candidate.
-        num_documents = len(norms)
-        probe_terms = np.empty(m - restricted_from, dtype=np.int64)
-        probe_weights = np.empty(m - restricted_from, dtype=np.float64)
-        probe_bounds = np.empty(m - restricted_from, dtype=np.float64)
-        probes = 0
+    if restricted_from < m:
+        # No unseen document can reach the top k any more: the remaining terms only update
+        # the candidates. Their set, as a bitmap, is intersected with bitmap-stored lists;
+        # packed lists (short by construction) are decoded and filtered.
+        for i in range(touched_count):
+            doc = touched[i]
+            candidate_bits[doc >> 6] |= np.uint64(1) << np.uint64(doc & 63)
         for position in range(restricted_from, m):
             term = terms[position]
-            if is_bitmap(postings[2][term], num_documents):
-                probe_terms[probes] = term
-                probe_weights[probes] = weights[position]
-                probe_bounds[probes] = bounds[position]
-                probes += 1
+            if is_bitmap(postings[2][term], len(norms)):
+                _accumulate_masked(
+                    postings, term, weights[position], shape, norms, acc, candidate_bits,
+                    doc_buffer, tf_buffer,
+                )
             else:
                 _accumulate_survivors(
                     postings, term, weights[position], shape, norms, acc, doc_buffer, tf_buffer
                 )
-        probe_remaining = np.zeros(probes + 1, dtype=np.float64)
-        for j in range(probes - 1, -1, -1):
-            probe_remaining[j] = probe_remaining[j + 1] + probe_bounds[j]
-        size = _complete_candidates(
-            postings, shape, norms, acc, touched, touched_count, probe_terms[:probes],
-            probe_weights[:probes], probe_remaining, threshold, shift, k, heap_scores, heap_docs,
-        )
+        for i in range(touched_count):
+            candidate_bits[touched[i] >> 6] = 0
+    size = _select_top(acc, touched, touched_count, k, shift, 0.0, heap_scores, heap_docs)
     _drain_sorted(heap_scores, heap_docs, size, out_docs, out_scores)
     for i in range(touched_count):
         acc[touched[i]] = -1.0
@@ -469,7 +429,7 @@ def _search_one(
 @njit(cache=True)
 def _search_many(
     postings, term_max_gains, norms, method, shape, absent_part, query_starts, token_ids, k,
-    acc, touched, out_docs, out_scores, out_counts,
+    acc, touched, candidate_bits, out_docs, out_scores, out_counts,
 ):
     heap_scores = np.empty(k, dtype=np.float64)
     heap_docs = np.empty(k, dtype=np.int64)
@@ -478,7 +438,7 @@ def _search_many(
     for q in range(len(query_starts) - 1):
         out_counts[q] = _search_one(
             postings, term_max_gains, norms, method, shape, absent_part,
-            token_ids[query_starts[q] : query_starts[q + 1]], k, acc, touched,
+            token_ids[query_starts[q] : query_starts[q + 1]], k, acc, touched, candidate_bits,
             heap_scores, heap_docs, doc_buffer, tf_buffer, out_docs[q], out_scores[q],
         )
 
@@ -487,7 +447,7 @@ def _search_many(
 def _score_all(postings, term_max_gains, norms, method, shape, absent_part, token_ids, acc, touched):
     """Scores of every document, summed in the same order as :func:`_search_one` so that
     both give bit-identical scores."""
-    terms, weights, _, _, shift = _query_plan(
+    terms, weights, _, shift = _query_plan(
         postings, term_max_gains, len(norms), method, absent_part, token_ids
     )
     doc_buffer = np.empty(BLOCK_SIZE, dtype=np.int64)
@@ -641,6 +601,7 @@ class BM25Index:
         self._term_max_gains = _round_up_to_float32(_max_gains(*postings, self._norms, self._shape))
         self._acc = np.full(len(doc_lengths), -1.0, dtype=np.float64)
         self._touched = np.empty(len(doc_lengths), dtype=np.int64)
+        self._candidate_bits = np.zeros((len(doc_lengths) + 63) // 64, dtype=np.uint64)
 
     def _clear(self) -> None:
         self._vocabulary = Vocabulary()
@@ -733,7 +694,7 @@ class BM25Index:
             _search_many(
                 *self._kernel_arguments(), np.asarray(starts, dtype=np.int64),
                 np.asarray(token_ids, dtype=np.int64), width, self._acc, self._touched,
-                out_positions, out_scores, out_counts,
+                self._candidate_bits, out_positions, out_scores, out_counts,
             )
         return out_positions, out_scores, out_counts
 
@@ -802,6 +763,7 @@ class BM25Index:
             "norms": self._norms,
             "scratch_scores": self._acc,
             "scratch_documents": self._touched,
+            "scratch_candidates": self._candidate_bits,
         }
 
     def describe(self) -> dict[str, Any]:

@@ -161,11 +161,22 @@ def rrf_positions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`rrf` over lists of integer document numbers (unchecked: each list holds
     distinct integers). Returns ``(documents int64, scores float64)`` best first."""
-    docs, starts = _flatten(rankings)
+    if len(rankings) == 2 and weights is None:
+        first, second = (np.asarray(ranking, dtype=np.int64) for ranking in rankings)
+        limit = len(first) + len(second) if limit is None else limit
+        return _rrf_pair(first, second, float(k), limit)
+    offsets = [0]
+    for ranking in rankings:
+        offsets.append(offsets[-1] + len(ranking))
+    docs = (
+        np.concatenate(rankings).astype(np.int64, copy=False)
+        if rankings else np.zeros(0, dtype=np.int64)
+    )
     list_weights = (
         np.ones(len(rankings)) if weights is None else np.asarray(weights, dtype=np.float64)
     )
-    return _rrf_kernel(docs, starts, float(k), list_weights, _limit_or_all(limit, docs))
+    limit = len(docs) if limit is None else limit
+    return _rrf_kernel(docs, np.array(offsets, dtype=np.int64), float(k), list_weights, limit)
 
 
 def convex_positions(
@@ -179,34 +190,20 @@ def convex_positions(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`convex` over integer document numbers (unchecked: lists best first, distinct
     numbers per list, finite scores, alpha in [0, 1]). Returns ``(documents, scores)``."""
-    docs, starts = _flatten((sparse_docs, dense_docs))
-    scores = np.concatenate(
-        (np.asarray(sparse_scores, dtype=np.float64), np.asarray(dense_scores, dtype=np.float64))
+    sparse_docs = np.asarray(sparse_docs, dtype=np.int64)
+    dense_docs = np.asarray(dense_docs, dtype=np.int64)
+    return _convex_pair(
+        sparse_docs, np.asarray(sparse_scores, dtype=np.float64),
+        dense_docs, np.asarray(dense_scores, dtype=np.float64),
+        1.0 - alpha, alpha, NORMALISATIONS.index(normalisation),
+        len(sparse_docs) + len(dense_docs) if limit is None else limit,
     )
-    return _convex_kernel(
-        docs, starts, scores, np.array([1.0 - alpha, alpha]), NORMALISATIONS.index(normalisation),
-        _limit_or_all(limit, docs),
-    )
-
-
-def _flatten(doc_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated int64 document numbers and the start offset of each list."""
-    offsets = [0]
-    for doc_list in doc_lists:
-        offsets.append(offsets[-1] + len(doc_list))
-    starts = np.array(offsets, dtype=np.int64)
-    if not doc_lists:
-        return np.zeros(0, dtype=np.int64), starts
-    return np.concatenate(doc_lists).astype(np.int64, copy=False), starts
-
-
-def _limit_or_all(limit: int | None, docs: np.ndarray) -> int:
-    return len(docs) if limit is None else limit
 
 
 @njit(cache=True)
 def _rrf_kernel(docs, starts, k, weights, limit):
-    """RRF in one compiled call: ``weights[i] / (k + rank)`` per entry (rank 1-based), fused."""
+    """RRF of the lists ``docs[starts[i]:starts[i + 1]]``: ``weights[i] / (k + rank)`` per
+    entry (rank 1-based), fused."""
     contributions = np.empty(starts[-1], dtype=np.float64)
     for i in range(len(starts) - 1):
         for position in range(starts[i], starts[i + 1]):
@@ -215,11 +212,26 @@ def _rrf_kernel(docs, starts, k, weights, limit):
 
 
 @njit(cache=True)
-def _convex_kernel(docs, starts, scores, weights, method, limit):
+def _rrf_pair(first, second, k, limit):
+    """Two equally weighted lists (the pipeline's case) in one compiled call: building the
+    flat arrays in Python cost as much as the fusion itself."""
+    docs = np.concatenate((first, second))
+    starts = np.array([0, len(first), len(first) + len(second)], dtype=np.int64)
+    return _rrf_kernel(docs, starts, k, np.ones(2), limit)
+
+
+@njit(cache=True)
+def _convex_pair(
+    sparse_docs, sparse_scores, dense_docs, dense_scores, sparse_weight, dense_weight, method,
+    limit,
+):
     """Convex combination in one compiled call. Ranking uses each entry's gain over its list's
     minimum; the reported score adds those minima back, so that it equals
     ``(1 - alpha) * sparse + alpha * dense`` with missing documents at the list minimum."""
-    gains, floor = _convex_gains(scores, starts, weights, method)
+    docs = np.concatenate((sparse_docs, dense_docs))
+    starts = np.array([0, len(sparse_docs), len(docs)], dtype=np.int64)
+    scores = np.concatenate((sparse_scores, dense_scores))
+    gains, floor = _convex_gains(scores, starts, np.array([sparse_weight, dense_weight]), method)
     fused_docs, fused_gains = _fuse(docs, starts, gains, limit)
     return fused_docs, fused_gains + floor
 

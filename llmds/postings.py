@@ -16,12 +16,11 @@ block, then the blocks one after the other (the first gap of a block continues f
 previous block's last document).
 
 **Bitmap** (at least ``num_documents / BITMAP_DENSITY`` postings, starting on a word
-boundary). One bit per document of the collection, a rank directory (the number of postings
-before every 512 documents, 32 bits each), a 5-bit width, then ``tf - 1`` of every posting in
-document order at that width. A bitmap costs at most ``BITMAP_DENSITY`` bits per posting
-(plus 1/16 for the directory) but answers "does document d hold the term, and with which
-tf?" in constant time: a bit test, a few POPCNT instructions and one read. That lets top-k
-search look up its few candidates in the long lists of common terms instead of decoding them.
+boundary). One bit per document of the collection, a 5-bit width, then ``tf - 1`` of every
+posting in document order at that width. A bitmap costs at most ``BITMAP_DENSITY`` bits per
+posting, and intersecting it with a set of candidate documents (itself a bitmap) is one AND
+per 64 documents, plus a POPCNT to find each hit's frequency: top-k search uses that to
+update its candidates in the long lists of common terms without decoding them.
 
 The number of postings of each term (``term_df``) and the collection size pick the layout
 and the number of blocks, so neither is stored in the stream. Decoding goes chunk by chunk
@@ -48,12 +47,6 @@ a bitmap costs no more than 16 bits per posting)."""
 
 WIDTH_BITS = 5
 """Bits storing one bit width (0..31)."""
-
-RANK_SPAN_WORDS = 8
-"""Bitmap words (of 64 documents) per rank-directory entry."""
-
-RANK_BITS = 32
-"""Bits of one rank-directory entry."""
 
 CHUNK_WORDS = 2
 """Bitmap words decoded per chunk, so a bitmap chunk holds at most BLOCK_SIZE postings."""
@@ -168,20 +161,9 @@ def bitmap_words(num_documents):
 
 
 @njit(cache=True)
-def _rank_entries(num_documents):
-    return (bitmap_words(num_documents) + RANK_SPAN_WORDS - 1) // RANK_SPAN_WORDS
-
-
-@njit(cache=True)
-def _rank_position(term_offset, num_documents):
-    return term_offset + bitmap_words(num_documents) * 64
-
-
-@njit(cache=True)
 def _tf_width_position(term_offset, num_documents):
-    """Where a bitmap list's tf width is: after the bitmap and the word-padded rank directory."""
-    directory_words = (_rank_entries(num_documents) * RANK_BITS + 63) // 64
-    return _rank_position(term_offset, num_documents) + directory_words * 64
+    """Where a bitmap list's tf width is: right after the bitmap."""
+    return term_offset + bitmap_words(num_documents) * 64
 
 
 @njit(cache=True)
@@ -241,9 +223,8 @@ def _decode_block(words, term_offset, df, block, payload, previous_doc, docs_out
 @njit(cache=True)
 def _decode_bitmap_chunk(words, term_offset, num_documents, chunk, position, docs_out, tfs_out):
     base = term_offset >> 6
-    total_words = bitmap_words(num_documents)
     size = 0
-    for word_index in range(chunk * CHUNK_WORDS, min((chunk + 1) * CHUNK_WORDS, total_words)):
+    for word_index in range(chunk * CHUNK_WORDS, min((chunk + 1) * CHUNK_WORDS, bitmap_words(num_documents))):
         bits = words[base + word_index]
         while bits:
             docs_out[size] = word_index * 64 + np.int64(trailing_zeros(bits))
@@ -257,22 +238,26 @@ def _decode_bitmap_chunk(words, term_offset, num_documents, chunk, position, doc
 
 
 @njit(cache=True)
-def bitmap_tf(words, term_offset, num_documents, doc):
-    """The term frequency of ``doc`` in a bitmap list, 0 when the document is not in it."""
+def decode_bitmap_masked(words, term_offset, num_documents, chunk, rank, mask, docs_out, tfs_out):
+    """Decode only the postings of bitmap chunk ``chunk`` whose document is set in ``mask``
+    (a bitmap of the collection); ``rank`` is the number of postings in earlier chunks.
+    Returns the number decoded and the rank after the chunk."""
     base = term_offset >> 6
-    word_index = doc >> 6
-    bits = words[base + word_index]
-    bit = np.uint64(doc & 63)
-    if (bits >> bit) & np.uint64(1) == 0:
-        return 0
-    span = word_index // RANK_SPAN_WORDS
-    rank = read_bits(words, _rank_position(term_offset, num_documents) + span * RANK_BITS, RANK_BITS)
-    for other in range(span * RANK_SPAN_WORDS, word_index):
-        rank += np.int64(popcount(words[base + other]))
-    rank += np.int64(popcount(bits & ((np.uint64(1) << bit) - np.uint64(1))))
     width_position = _tf_width_position(term_offset, num_documents)
     tf_width = read_bits(words, width_position, WIDTH_BITS)
-    return read_bits(words, width_position + WIDTH_BITS + rank * tf_width, tf_width) + 1
+    size = 0
+    for word_index in range(chunk * CHUNK_WORDS, min((chunk + 1) * CHUNK_WORDS, bitmap_words(num_documents))):
+        bits = words[base + word_index]
+        hits = bits & mask[word_index]
+        while hits:
+            bit = trailing_zeros(hits)
+            posting = rank + np.int64(popcount(bits & ((np.uint64(1) << bit) - np.uint64(1))))
+            docs_out[size] = word_index * 64 + np.int64(bit)
+            tfs_out[size] = read_bits(words, width_position + WIDTH_BITS + posting * tf_width, tf_width) + 1
+            hits &= hits - np.uint64(1)
+            size += 1
+        rank += np.int64(popcount(bits))
+    return size, rank
 
 
 @njit(cache=True)
@@ -364,12 +349,6 @@ def _write_bitmap_list(words, position, docs, tfs, start, end, num_documents):
     base = position >> 6
     for i in range(start, end):
         words[base + (docs[i] >> 6)] |= np.uint64(1) << np.uint64(docs[i] & 63)
-    rank = 0
-    rank_position = _rank_position(position, num_documents)
-    for word_index in range(bitmap_words(num_documents)):
-        if word_index % RANK_SPAN_WORDS == 0:
-            write_bits(words, rank_position + (word_index // RANK_SPAN_WORDS) * RANK_BITS, RANK_BITS, rank)
-        rank += np.int64(popcount(words[base + word_index]))
     tf_width = _max_tf_width(tfs, start, end)
     width_position = _tf_width_position(position, num_documents)
     write_bits(words, width_position, WIDTH_BITS, tf_width)
@@ -445,16 +424,11 @@ def _bitmap_list_end(words, start, df, num_documents):
     total_words = bitmap_words(num_documents)
     if num_documents % 64 != 0 and words[base + total_words - 1] >> np.uint64(num_documents % 64) != 0:
         return -1  # documents beyond the collection
-    rank = 0
-    rank_position = _rank_position(start, num_documents)
+    postings = 0
     for word_index in range(total_words):
-        if word_index % RANK_SPAN_WORDS == 0:
-            entry = rank_position + (word_index // RANK_SPAN_WORDS) * RANK_BITS
-            if read_bits(words, entry, RANK_BITS) != rank:
-                return -1
-        rank += np.int64(popcount(words[base + word_index]))
+        postings += np.int64(popcount(words[base + word_index]))
     tf_width = read_bits(words, _tf_width_position(start, num_documents), WIDTH_BITS)
-    if rank != df or tf_width > 31:
+    if postings != df or tf_width > 31:
         return -1
     return start + _bitmap_list_bits(df, num_documents, tf_width)
 
@@ -605,8 +579,8 @@ class CompressedPostings:
 
     @property
     def stream_bits(self) -> int:
-        """Bits of the encoded stream: document numbers, frequencies, bit widths, rank
-        directories and the padding that aligns bitmaps."""
+        """Bits of the encoded stream: document numbers, frequencies, bit widths and the
+        padding that aligns bitmaps."""
         return int(self.term_offsets[-1])
 
     @property
