@@ -63,6 +63,7 @@ class ReplayResult:
     released_blocks: int
     evicted_blocks: int
     seconds: float
+    storage_bytes: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -116,6 +117,8 @@ def replay(
     *,
     block_size: int = 512,
     seed: int = 0,
+    model: Any = None,
+    storage: bool = False,
 ) -> ReplayResult:
     """Serve ``requests`` one at a time through a :class:`~llmds.kv_cache.KVCache`.
 
@@ -132,6 +135,10 @@ def replay(
         Tokens per block; only sizes the token counts (Mooncake: 512). Default 512.
     seed:
         Passed to the cache for randomised policies. Default 0.
+    model, storage:
+        As for :class:`~llmds.kv_cache.KVCache`: with ``storage=True`` the pool holds real
+        float16 KV bytes for ``model`` (a memory profile then sees what a server would hold).
+        Default no storage.
 
     The time covers the allocate / free loop only (the cache is built before the clock starts).
     """
@@ -142,7 +149,7 @@ def replay(
             f"capacity_blocks={capacity_blocks!r} cannot hold the longest request ({longest} blocks); "
             "use a larger capacity."
         )
-    cache = KVCache(int(capacity_blocks), block_size, policy=policy, seed=seed)
+    cache = KVCache(int(capacity_blocks), block_size, policy=policy, seed=seed, model=model, storage=storage)
     # Validated above, so the timed loop skips the per-request checks.
     allocate = cache._allocate_blocks
     free = cache.free
@@ -163,6 +170,7 @@ def replay(
         released_blocks=stats.released_blocks,
         evicted_blocks=stats.evicted_blocks,
         seconds=seconds,
+        storage_bytes=0 if cache.storage is None else int(cache.storage.nbytes),
     )
 
 

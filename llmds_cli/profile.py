@@ -47,7 +47,8 @@ def profile_component(component: str, dataset: str | None, data_dir: str | None,
 
     spec = registry.require_ready(component)
     module = spec.load()
-    params = {**spec.defaults(), **sweeps.parse_params(component, param_pairs)}
+    # a component may profile a configuration other than its defaults (kv: storage on)
+    params = {**spec.defaults(), **getattr(module, "PROFILE_PARAMS", {}), **sweeps.parse_params(component, param_pairs)}
     request = sweeps.SweepRequest(component, "profile", dataset, data_dir, params, seed=seed)
     workload = load_workload(sweeps.workload_spec(request))
     options = RunOptions(repeats=1, trace_memory=False)
@@ -68,9 +69,9 @@ def profile_component(component: str, dataset: str | None, data_dir: str | None,
     t0 = time.perf_counter_ns()
     with memray.Tracker(capture, native_traces=native):
         adapter.build(workload)
-        structure_bytes = int(adapter.memory_bytes())
         for _ in adapter.run(workload):
             pass
+        structure_bytes = int(adapter.memory_bytes())  # after the run: some structures grow in it
         adapter.close()
     tracked_ns = time.perf_counter_ns() - t0
 
@@ -93,6 +94,7 @@ def profile_component(component: str, dataset: str | None, data_dir: str | None,
         "peak_memory_bytes": int(meta.peak_memory),
         "total_allocations": int(meta.total_allocations),
         "structure_bytes": structure_bytes,
+        "peak_over_structure": int(meta.peak_memory) / structure_bytes if structure_bytes else None,
         "untracked_s": untracked_ns / 1e9,
         "tracked_s": tracked_ns / 1e9,
         "tracker_overhead": tracked_ns / untracked_ns if untracked_ns else None,
@@ -118,6 +120,8 @@ def summary_table(result: ProfileResult):
     table.add_column("value", justify="right")
     table.add_row("peak memory (memray)", f"{s['peak_memory_bytes'] / 2**20:,.1f} MiB")
     table.add_row("structure's own bytes", f"{s['structure_bytes'] / 2**20:,.1f} MiB")
+    if s.get("peak_over_structure"):
+        table.add_row("peak / structure's bytes", f"{s['peak_over_structure']:.3f}")
     table.add_row("allocations", f"{s['total_allocations']:,}")
     table.add_row("time untracked / tracked", f"{s['untracked_s']:.2f} s / {s['tracked_s']:.2f} s")
     if s["tracker_overhead"]:

@@ -200,6 +200,8 @@ _register(
             Param("policy", "lru", "Eviction policy of cached blocks; bench sweeps every policy unless fixed."),
             Param("capacity", 0.05, "Cache capacity as a share of distinct blocks; default sweep 1, 5, 10, 25%."),
             Param("block_size", 16, "Tokens per block for memory utilisation; default sweep 8, 16, 32, 64."),
+            Param("storage", False, "Back the replayed pool with real float16 KV bytes (llmds profile kv turns it on)."),
+            Param("model", "tiny", "Model shape sizing the storage: tiny, llama-3-8b, mistral-7b, qwen2-7b, llama-2-7b."),
         ),
         workloads=("synthetic-kv", "mooncake-conversation", "azure-conv", "azure-code"),
         metrics=("block_hit_rate", "token_hit_rate", "memory_utilisation", "block_ops_per_s"),

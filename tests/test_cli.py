@@ -149,3 +149,19 @@ def test_unavailable_peer_is_reported_not_a_crash(results_dir, monkeypatch):
     summary = json.loads(result.stdout)
     assert summary["unavailable"][0]["impl"] == "rank_bm25"
     assert "not installed" in summary["unavailable"][0]["reason"]
+
+
+def test_profile_kv_peak_matches_the_block_pool(results_dir):
+    pytest.importorskip("memray")
+    result = invoke("profile", "kv", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    folder = results_dir / "kv" / (results_dir / "kv" / "LATEST").read_text().strip()
+    assert (folder / "memray" / "capture.bin").is_file()
+    assert summary["files"]["flamegraph"] and (folder / summary["files"]["flamegraph"]).is_file()
+    assert summary["structure_bytes"] > 0
+    # the storage array dominates: what memray saw at the peak is the pool, within 10%
+    assert 0.9 <= summary["peak_over_structure"] <= 1.1
+    assert summary["top_sites"][0]["bytes"] > 0.5 * summary["structure_bytes"]
+    again = invoke("report", str(folder), "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["peak_memory_bytes"] == summary["peak_memory_bytes"]

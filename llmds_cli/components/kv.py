@@ -153,8 +153,11 @@ class LlmdsKV(_KVAdapter):
 
         blocks = _require_blocks(workload)
         capacity = float(self.params["capacity"])
+        storage = bool(self.params.get("storage", False))
         result = replay(blocks, max(capacity_for(blocks, capacity), max(map(len, blocks))),
-                        self.params["policy"], block_size=workload.data["block_tokens"] or 512)
+                        self.params["policy"], block_size=workload.data["block_tokens"] or 512,
+                        model=self.params.get("model", "tiny") if storage else None, storage=storage)
+        self.storage_bytes = result.storage_bytes
         yield self.replay_record(result, capacity)
 
     def memory(self, workload):
@@ -200,6 +203,9 @@ class LlmdsKV(_KVAdapter):
         for op, values in timings.items():
             yield {"op": "kv_op", "name": op, "ns": values}
         cache.check()
+
+    def memory_bytes(self) -> int:
+        return getattr(self, "storage_bytes", 0)
 
     def describe(self) -> dict[str, Any]:
         return {"impl": self.impl, **self.params}
@@ -300,6 +306,9 @@ GOALS = (
     Goal("replay >= 1M block ops/s (2x vLLM's 0.5M)", "block_ops_per_s", at_least=1.0e6, datasets=("mooncake-conversation",)),
     Goal("memory utilisation >= 0.95 with 16-token blocks", "memory_utilisation@16", at_least=0.95, datasets=("azure-conv",)),
 )
+# `llmds profile kv`: replay one capacity with real float16 storage (the 'tiny' model shape keeps
+# a 512-token block at 64 KiB), so the profile's peak can be checked against the pool's size.
+PROFILE_PARAMS = {"measure": "hits", "policy": "lru", "capacity": 0.05, "storage": True, "model": "tiny"}
 HIGHER_IS_BETTER = {"block_hit_rate": True, "block_ops_per_s": True, "memory_utilisation": True}
 
 
