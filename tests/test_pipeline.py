@@ -273,7 +273,7 @@ def test_cache_admits_a_query_only_once_it_is_hot(corpus):
 
 
 def test_cache_evicts_least_recently_used_among_admitted():
-    cache = HotQueryCache(capacity=2, threshold=1)
+    cache = HotQueryCache(capacity=2, threshold=1, compare_with_victim=False)
     for key in ("a", "b"):
         assert cache.get(key) is None and cache.put(key, key.upper())
     assert cache.get("a") == "A"  # a is now more recent than b
@@ -281,6 +281,26 @@ def test_cache_evicts_least_recently_used_among_admitted():
     assert "b" not in cache and "a" in cache and "c" in cache and cache.evictions == 1
     assert cache.get("b") is None and cache.put("b", "B")
     assert "a" not in cache and len(cache) == 2
+
+
+def test_cache_full_admits_only_queries_hotter_than_the_victim():
+    cache = HotQueryCache(capacity=2, threshold=1)
+    for key in ("a", "b", "a", "b", "b"):
+        if cache.get(key) is None:
+            cache.put(key, key)
+    # Full; LRU victim is a (seen twice). c (once) and d (once) lose, ties keep the incumbent.
+    assert cache.get("c") is None and not cache.put("c", "c")
+    cache.get("d")
+    cache.get("d")
+    assert not cache.put("d", "d")
+    cache.get("d")  # d now seen three times, more than a
+    assert cache.put("d", "d") and "a" not in cache and "b" in cache and cache.evictions == 1
+    # Without the comparison, recency alone decides.
+    plain = HotQueryCache(capacity=1, threshold=1, compare_with_victim=False)
+    for key in ("a", "a", "a", "c"):
+        if plain.get(key) is None:
+            plain.put(key, key)
+    assert "c" in plain and "a" not in plain
 
 
 def test_cache_threshold_window_and_memory():
@@ -301,7 +321,8 @@ def test_cache_threshold_window_and_memory():
         plain.get(key)
     assert plain.put("q", 1)
     json.dumps(plain.describe())
-    for bad in ({"capacity": 0}, {"threshold": 0}, {"window": 0}, {"sketch": "cms"}):
+    for bad in ({"capacity": 0}, {"threshold": 0}, {"window": 0}, {"sketch": "cms"},
+                {"compare_with_victim": 1}):
         with pytest.raises(InvalidInputError):
             HotQueryCache(**bad)
 
