@@ -254,6 +254,13 @@ def check_block_hashes(block_hashes: Any, what: str) -> list[int]:
             f"{what}: block hashes must lie in [0, 2**128), got min {min(block_hashes)}, "
             f"max {max(block_hashes)}."
         )
+    if len(set(block_hashes)) != len(block_hashes):
+        # a chained hash names a whole prefix, so a prefix cannot contain its own hash twice;
+        # letting it through would register one block under two positions of a sequence
+        raise InvalidInputError(
+            f"{what}: a block hash appears twice in one request; chained hashes name whole "
+            "prefixes, so each must be distinct within a request."
+        )
     return block_hashes if isinstance(block_hashes, list) else list(block_hashes)
 
 

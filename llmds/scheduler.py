@@ -226,13 +226,26 @@ def _checked_prefix_keys(prefix_keys: Any, prefix_block_tokens: Any, count: int)
     if len(prefix_keys) != count:
         raise InvalidInputError(f"prefix_keys has {len(prefix_keys)} entries for {count} requests.")
     checked = []
+    # A key names a whole prefix, so it must always follow the same key (the same parent):
+    # otherwise two different prefixes would share cached KV blocks.
+    parent_of: dict[int, tuple[int | None, int]] = {}
     for row, keys in enumerate(prefix_keys):
         keys = tuple(keys)
         if not all(_is_prefix_key(key) for key in keys):
             raise InvalidInputError(
                 f"prefix_keys[{row}] = {keys[:8]!r}: prefix keys must be ints in [0, 2**64)."
             )
-        checked.append(tuple(int(key) for key in keys))
+        keys = tuple(int(key) for key in keys)
+        for position, key in enumerate(keys):
+            parent = keys[position - 1] if position else None
+            first = parent_of.setdefault(key, (parent, row))
+            if first[0] != parent:
+                raise InvalidInputError(
+                    f"prefix_keys[{row}]: key {key} follows {parent} here but {first[0]} in "
+                    f"prefix_keys[{first[1]}]; a key must name one whole prefix (give the two "
+                    "prefixes different keys)."
+                )
+        checked.append(keys)
     return tuple(checked)
 
 

@@ -508,3 +508,12 @@ _MACHINE_SETTINGS = settings(
 def test_state_machine(policy):
     machine = type(f"KVCacheMachine_{policy}", (KVCacheMachine,), {"policy": policy})
     run_state_machine_as_test(machine, settings=_MACHINE_SETTINGS)
+
+
+def test_a_hash_repeated_within_one_request_is_rejected():
+    from llmds.kv_cache import KVCache
+
+    cache = KVCache(8, 4)
+    with pytest.raises(InvalidInputError, match="appears twice"):
+        cache.allocate_blocks("r", [3, 3])
+    cache.check()

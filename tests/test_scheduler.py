@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import math
 from pathlib import Path
 
@@ -210,13 +212,14 @@ def shared_prefix_workloads(draw):
     count = draw(st.integers(1, 20))
     gaps = draw(st.lists(st.floats(0, 3), min_size=count, max_size=count))
     prompts, outputs, keys = [], [], []
+    own_keys = itertools.count(10**6)
     for _ in range(count):
         family = draw(st.integers(0, 2))
         shared = draw(st.integers(0, 4))
         own = draw(st.integers(0, 3))
         # A key names a whole prefix: shared keys are family-specific, own keys unique.
         request_keys = [1000 * family + depth for depth in range(shared)]
-        request_keys += [draw(st.integers(10**6, 10**9)) for _ in range(own)]
+        request_keys += [next(own_keys) for _ in range(own)]
         prompts.append(max(1, 8 * len(request_keys) - draw(st.integers(0, 7))))
         outputs.append(draw(st.integers(1, 30)))
         keys.append(request_keys)
@@ -539,3 +542,10 @@ def test_azure_conversation_trace_loads_and_simulates():
     result, kv = simulate(head, policy="srwf")
     assert result.finished.all() and kv.free == kv.num_blocks
     assert np.array_equal(result.generated_tokens, head.output_tokens)
+
+
+def test_prefix_keys_must_name_one_prefix_each():
+    with pytest.raises(InvalidInputError, match="must name one whole prefix"):
+        RequestTrace.from_arrays([0, 1], [16, 16], [1, 1], prefix_keys=[[5], [7, 5]], prefix_block_tokens=8)
+    with pytest.raises(InvalidInputError, match="must name one whole prefix"):
+        RequestTrace.from_arrays([0], [16], [1], prefix_keys=[[5, 5]], prefix_block_tokens=8)
