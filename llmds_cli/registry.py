@@ -292,7 +292,7 @@ _register(
             Param("rrf_k", 60, "Rank constant of reciprocal rank fusion."),
             Param("ef", 200, "HNSW candidate-list size at search (>= the fusion depth of 100)."),
         ),
-        workloads=("scifact",),
+        workloads=("synthetic-hybrid", "scifact"),
         metrics=("ndcg@10", "recall@100", "qps", "cache_hit_rate"),
         peers=(Peer("bm25s+hnswlib", "bm25s hnswlib", "bm25s"),),
         depends_on=("bm25", "hnsw", "cms"),

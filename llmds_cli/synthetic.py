@@ -32,7 +32,8 @@ def _zipf_weights(n: int, exponent: float) -> np.ndarray:
 
 
 def text_corpus(documents: int = 10000, queries: int = 300, topics: int = 100,
-                vocabulary: int = 20000, mean_length: int = 120, seed: int = 0) -> BeirDataset:
+                vocabulary: int = 20000, mean_length: int = 120, seed: int = 0,
+                query_words: tuple[int, int] = (3, 8)) -> BeirDataset:
     """A topical corpus with one judged-relevant document per query.
 
     Every document mixes background words (a global Zipf law, like function words and common
@@ -69,11 +70,42 @@ def text_corpus(documents: int = 10000, queries: int = 300, topics: int = 100,
     targets = rng.choice(documents, size=min(queries, documents), replace=False)
     for number, doc in enumerate(targets):
         pool = doc_topic_terms[doc]
-        picked = rng.choice(pool, size=min(len(pool), int(rng.integers(3, 9))), replace=False)
+        picked = rng.choice(pool, size=min(len(pool), int(rng.integers(query_words[0], query_words[1] + 1))), replace=False)
         query_id = f"q{number}"
         query_texts[query_id] = " ".join(words[picked])
         qrels[query_id] = {doc_ids[doc]: 1.0}
-    return BeirDataset(doc_ids, doc_texts, query_texts, {"test": qrels})
+    dataset = BeirDataset(doc_ids, doc_texts, query_texts, {"test": qrels})
+    dataset.doc_topics = doc_topic  # for generators that add vectors (hybrid_corpus)
+    dataset.query_targets = targets
+    return dataset
+
+
+def hybrid_corpus(documents: int = 5000, queries: int = 600, topics: int = 100, vocabulary: int = 20000,
+                  mean_length: int = 120, dim: int = 64, seed: int = 0) -> tuple[BeirDataset, np.ndarray, np.ndarray]:
+    """A topical corpus with embeddings, for hybrid retrieval without a model download.
+
+    Text as :func:`text_corpus`. A document's vector is its topic's centre plus noise; a
+    query's vector mixes its target document's vector with noise, so dense search ranks the
+    target's topic high but not always the target itself, and lexical search finds the exact
+    words but confuses documents that share them: each retriever misses what the other
+    catches, which is the situation fusion is for. The queries are split in two halves,
+    ``train`` (to pick fusion weights) and ``test``. Returns (dataset, document vectors,
+    query vectors in the order of ``dataset.queries``).
+    """
+    # two-word queries: lexical matching alone often ties the target with its topic's others
+    dataset = text_corpus(documents, queries, topics, vocabulary, mean_length, seed, query_words=(2, 2))
+    rng = np.random.default_rng(seed + 1)
+    centres = rng.standard_normal((topics, dim))
+    doc_vectors = centres[dataset.doc_topics] + 1.0 * rng.standard_normal((documents, dim))
+    targets = np.asarray(dataset.query_targets)
+    query_vectors = 0.5 * doc_vectors[targets] + 0.5 * centres[dataset.doc_topics[targets]] \
+        + 1.3 * rng.standard_normal((len(targets), dim))
+    qrels = dataset.qrels["test"]
+    query_ids = list(dataset.queries)
+    half = len(query_ids) // 2
+    dataset.qrels = {"train": {q: qrels[q] for q in query_ids[:half]},
+                     "test": {q: qrels[q] for q in query_ids[half:]}}
+    return dataset, doc_vectors.astype(np.float32), query_vectors.astype(np.float32)
 
 
 def clustered_vectors(count: int, queries: int, dim: int = 128, clusters: int = 100,

@@ -165,3 +165,16 @@ def test_profile_kv_peak_matches_the_block_pool(results_dir):
     assert summary["top_sites"][0]["bytes"] > 0.5 * summary["structure_bytes"]
     again = invoke("report", str(folder), "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["peak_memory_bytes"] == summary["peak_memory_bytes"]
+
+
+def test_pipeline_bench_on_generated_hybrid_data(results_dir):
+    result = invoke("bench", "pipeline", "--quick", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)["summary"]
+    ndcg = {config.split(") ", 1)[1]: v["ndcg@10"] for config, v in summary.items()
+            if ") " in config and "ndcg@10" in v}
+    # fusion must beat both single retrievers on data built so that each misses what the other finds
+    assert ndcg["rrf_hnsw"] > max(ndcg["sparse"], ndcg["dense_hnsw"])
+    assert abs(ndcg["dense_hnsw"] - ndcg["dense_exact"]) <= 0.02
+    alpha = [v["alpha"] for c, v in summary.items() if "convex_hnsw" in c and "alpha" in v]
+    assert alpha and 0.0 <= alpha[0] <= 1.0
