@@ -163,7 +163,7 @@ _register(
         name="hnsw",
         title="HNSW vector index",
         summary="Hierarchical navigable small-world graph for approximate nearest neighbours.",
-        status=PLANNED,
+        status=READY,
         group="retrieval",
         implementation="llmds.hnsw:HNSWIndex",
         module="llmds_cli.components.hnsw",

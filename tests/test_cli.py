@@ -60,15 +60,17 @@ def test_missing_dataset_says_how_to_fix(tmp_path, monkeypatch, results_dir):
     assert not results_dir.exists() or not any(results_dir.rglob("results.json"))
 
 
-def test_planned_component_says_so():
+def test_planned_component_says_so(monkeypatch):
+    import dataclasses
+
     from llmds_cli import registry
 
-    planned = [c for c in registry.COMPONENTS.values() if not c.ready]
-    if not planned:
-        pytest.skip("every component is built")
-    result = invoke(planned[0].name)
-    assert "planned, not built yet" in result.output
-    assert invoke("bench", planned[0].name).exit_code == 2
+    planned = dataclasses.replace(registry.get("hnsw"), status=registry.PLANNED)
+    monkeypatch.setitem(registry.COMPONENTS, "hnsw", planned)
+    result = invoke("bench", "hnsw")
+    assert result.exit_code == 2 and "planned, not built yet (issue 3)" in result.output
+    listed = {e["name"]: e["status"] for e in json.loads(invoke("list", "--json").stdout)}
+    assert listed["hnsw"] == "planned"
 
 
 def test_main_returns_exit_codes_instead_of_exiting():
