@@ -174,33 +174,25 @@ def _sift_down(heap_scores, heap_docs, size, root):
 
 
 @njit(cache=True)
-def _push_top(heap_scores, heap_docs, size, k, score, doc):
-    """Offer ``(score, doc)`` to a heap of at most ``k`` best entries whose root is the worst
-    kept; returns the new size."""
-    if size < k:
-        slot = size
-        while slot > 0:
-            parent = (slot - 1) // 2
-            if not _is_worse(score, doc, heap_scores[parent], heap_docs[parent]):
-                break
-            heap_scores[slot] = heap_scores[parent]
-            heap_docs[slot] = heap_docs[parent]
-            slot = parent
-        heap_scores[slot] = score
-        heap_docs[slot] = doc
-        return size + 1
-    if _is_worse(heap_scores[0], heap_docs[0], score, doc):
-        heap_scores[0] = score
-        heap_docs[0] = doc
-        _sift_down(heap_scores, heap_docs, size, 0)
-    return size
+def _sift_up(heap_scores, heap_docs, slot, score, doc):
+    """Place ``(score, doc)`` at free slot ``slot`` of the heap (root = worst kept entry)."""
+    while slot > 0:
+        parent = (slot - 1) // 2
+        if not _is_worse(score, doc, heap_scores[parent], heap_docs[parent]):
+            break
+        heap_scores[slot] = heap_scores[parent]
+        heap_docs[slot] = heap_docs[parent]
+        slot = parent
+    heap_scores[slot] = score
+    heap_docs[slot] = doc
 
 
 @njit(cache=True)
 def _select_top(acc, docs, count, k, shift, floor, heap_scores, heap_docs):
     """Keep the best ``k`` of ``docs[:count]`` whose accumulator is at least ``floor`` (score
-    ``acc[doc] + shift``) in the heap; returns how many were kept. The floor lets threshold
-    searches pass over the many documents that cannot matter with one comparison each."""
+    ``acc[doc] + shift``) in a heap whose root is the worst kept; returns how many were kept.
+    The floor lets threshold searches pass over the many documents that cannot matter with
+    one comparison each."""
     size = 0
     # The worst kept entry lives in locals: most documents lose against it, and comparing
     # registers is several times cheaper than going through the heap for each of them.
@@ -212,16 +204,17 @@ def _select_top(acc, docs, count, k, shift, floor, heap_scores, heap_docs):
         if value < floor:
             continue
         score = value + shift
-        if size == k:
+        if size < k:
+            _sift_up(heap_scores, heap_docs, size, score, doc)
+            size += 1
+            if size < k:
+                continue
+        else:
             if _is_worse(score, doc, worst_score, worst_doc):
                 continue
             heap_scores[0] = score
             heap_docs[0] = doc
             _sift_down(heap_scores, heap_docs, size, 0)
-        else:
-            size = _push_top(heap_scores, heap_docs, size, k, score, doc)
-            if size < k:
-                continue
         worst_score = heap_scores[0]
         worst_doc = heap_docs[0]
     return size
@@ -243,8 +236,9 @@ def _accumulate_list(
     postings, term, weight, shape, norms, acc, touched, touched_count, doc_buffer, tf_buffer
 ):
     """Add one term's contributions to every document of its list (unseen documents have
-    ``acc = -1`` and are appended to ``touched``). Returns the new touched count and the
-    largest accumulated score among the documents of this list."""
+    ``acc = -1`` and are appended to ``touched``, which needs one slot more than there are
+    documents). Returns the new touched count and the largest accumulated score among the
+    documents of this list."""
     words, term_offsets, term_df = postings
     num_documents = len(norms)
     offset = term_offsets[term]
@@ -600,7 +594,9 @@ class BM25Index:
         self._norms = _length_norms(doc_lengths, self.b)
         self._term_max_gains = _round_up_to_float32(_max_gains(*postings, self._norms, self._shape))
         self._acc = np.full(len(doc_lengths), -1.0, dtype=np.float64)
-        self._touched = np.empty(len(doc_lengths), dtype=np.int64)
+        # One spare slot: the branch-free bookkeeping in _accumulate_list writes the current
+        # document at touched[count] before knowing whether it is new, even when all are seen.
+        self._touched = np.empty(len(doc_lengths) + 1, dtype=np.int64)
         self._candidate_bits = np.zeros((len(doc_lengths) + 63) // 64, dtype=np.uint64)
 
     def _clear(self) -> None:

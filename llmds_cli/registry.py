@@ -151,7 +151,7 @@ _register(
         ),
         structures=(
             Structure("Tokenizer", "O(text length)"),
-            Structure("Inverted index", "postings: ~12 bits each"),
+            Structure("Inverted index", "top-k O(postings read)"),
         ),
         features=("Bit-packed postings", "Block-max early termination, exact top-k"),
         issue=2,
