@@ -31,18 +31,19 @@ frequencies, not scores (see :mod:`llmds.postings`), and computes ``idf * tf-par
 decoding.
 
 Top-k is exact and follows the MaxScore strategy of Turtle & Flood, "Query evaluation:
-strategies and optimizations" (IP&M 1995), term at a time. Each term's score upper bound is
-its weight times the largest gain over its list (stored per term). Terms are processed by
-decreasing bound, adding into one accumulator per document. Once the bounds of the terms
-left sum to less than the k-th best partial score, no document not yet seen can enter the
-top k: from then on only the surviving candidates are updated, and every candidate that can
-no longer reach the k-th score even with all remaining bounds is dropped. The terms left at
-that point are the common ones, whose lists are bitmaps; a candidate is looked up in them in
-constant time, so their long lists are never decoded.
+strategies and optimizations" (IP&M 1995), term at a time. A term's score upper bound is its
+query weight times the largest gain over its list (kept per term). Terms are processed by
+decreasing bound, adding into one accumulator per document. Before each term, if the bounds
+of the terms left sum to less than the k-th best partial score, no document not seen yet can
+enter the top k: the documents that cannot reach that score even with every remaining bound
+are dropped, and the remaining terms only update the survivors. Those terms are the common
+ones, mostly stored as bitmaps; the survivors, held in a bitmap too, are intersected with
+them one 64-bit word at a time, so their long lists are never decoded.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from collections.abc import Sequence
@@ -53,6 +54,10 @@ from numba import njit
 
 from llmds.errors import CorruptIndexError, InvalidInputError
 from llmds.persist import load_arrays, save_arrays
+
+# The kernels below call (and numba inlines) kernels of llmds.postings. Numba's on-disk cache
+# only watches a function's own file: after editing llmds/postings.py, delete the cached
+# llmds/__pycache__/bm25.*.nbi/.nbc files, or these kernels keep the old postings code.
 from llmds.postings import (
     BITMAP_DENSITY,
     BLOCK_SIZE,
@@ -355,9 +360,23 @@ def _keep_reachable(acc, docs, count, remaining, threshold, shift):
 
 @njit(cache=True)
 def _search_one(
-    postings, term_max_gains, norms, method, shape, absent_part, token_ids, k,
-    acc, touched, candidate_bits, heap_scores, heap_docs, doc_buffer, tf_buffer,
-    out_docs, out_scores,
+    postings,
+    term_max_gains,
+    norms,
+    method,
+    shape,
+    absent_part,
+    token_ids,
+    k,
+    acc,
+    touched,
+    candidate_bits,
+    heap_scores,
+    heap_docs,
+    doc_buffer,
+    tf_buffer,
+    out_docs,
+    out_scores,
 ):
     """Exact top-k of one query into ``out_docs``/``out_scores``; returns the result count.
 
@@ -388,8 +407,16 @@ def _search_one(
                     )
                     break
         touched_count, list_best = _accumulate_list(
-            postings, terms[position], weights[position], shape, norms, acc, touched,
-            touched_count, doc_buffer, tf_buffer,
+            postings,
+            terms[position],
+            weights[position],
+            shape,
+            norms,
+            acc,
+            touched,
+            touched_count,
+            doc_buffer,
+            tf_buffer,
         )
         best = max(best, list_best)
 
@@ -404,8 +431,15 @@ def _search_one(
             term = terms[position]
             if is_bitmap(postings[2][term], len(norms)):
                 _accumulate_masked(
-                    postings, term, weights[position], shape, norms, acc, candidate_bits,
-                    doc_buffer, tf_buffer,
+                    postings,
+                    term,
+                    weights[position],
+                    shape,
+                    norms,
+                    acc,
+                    candidate_bits,
+                    doc_buffer,
+                    tf_buffer,
                 )
             else:
                 _accumulate_survivors(
@@ -422,8 +456,21 @@ def _search_one(
 
 @njit(cache=True)
 def _search_many(
-    postings, term_max_gains, norms, method, shape, absent_part, query_starts, token_ids, k,
-    acc, touched, candidate_bits, out_docs, out_scores, out_counts,
+    postings,
+    term_max_gains,
+    norms,
+    method,
+    shape,
+    absent_part,
+    query_starts,
+    token_ids,
+    k,
+    acc,
+    touched,
+    candidate_bits,
+    out_docs,
+    out_scores,
+    out_counts,
 ):
     heap_scores = np.empty(k, dtype=np.float64)
     heap_docs = np.empty(k, dtype=np.int64)
@@ -431,14 +478,30 @@ def _search_many(
     tf_buffer = np.empty(BLOCK_SIZE, dtype=np.int64)
     for q in range(len(query_starts) - 1):
         out_counts[q] = _search_one(
-            postings, term_max_gains, norms, method, shape, absent_part,
-            token_ids[query_starts[q] : query_starts[q + 1]], k, acc, touched, candidate_bits,
-            heap_scores, heap_docs, doc_buffer, tf_buffer, out_docs[q], out_scores[q],
+            postings,
+            term_max_gains,
+            norms,
+            method,
+            shape,
+            absent_part,
+            token_ids[query_starts[q] : query_starts[q + 1]],
+            k,
+            acc,
+            touched,
+            candidate_bits,
+            heap_scores,
+            heap_docs,
+            doc_buffer,
+            tf_buffer,
+            out_docs[q],
+            out_scores[q],
         )
 
 
 @njit(cache=True)
-def _score_all(postings, term_max_gains, norms, method, shape, absent_part, token_ids, acc, touched):
+def _score_all(
+    postings, term_max_gains, norms, method, shape, absent_part, token_ids, acc, touched
+):
     """Scores of every document, summed in the same order as :func:`_search_one` so that
     both give bit-identical scores."""
     terms, weights, _, shift = _query_plan(
@@ -449,8 +512,16 @@ def _score_all(postings, term_max_gains, norms, method, shape, absent_part, toke
     touched_count = 0
     for position in range(len(terms)):
         touched_count, _ = _accumulate_list(
-            postings, terms[position], weights[position], shape, norms, acc, touched,
-            touched_count, doc_buffer, tf_buffer,
+            postings,
+            terms[position],
+            weights[position],
+            shape,
+            norms,
+            acc,
+            touched,
+            touched_count,
+            doc_buffer,
+            tf_buffer,
         )
     scores = np.full(len(norms), shift, dtype=np.float64)
     for i in range(touched_count):
@@ -481,13 +552,15 @@ class BM25Index:
         document length, 1 divides term frequency fully by the relative length.
     delta:
         The lower bound added to the term-frequency part by BM25L and BM25+ (default 0.5, the
-        value Lv & Zhai recommend for BM25L; ignored by the other variants).
+        value Lv & Zhai recommend for BM25L and bm25s's default; they use 1.0 for BM25+);
+        ignored by the other variants.
     tokenizer:
         Used for raw-text documents and queries (default: :class:`~llmds.tokenizer.Tokenizer`
         with English stop words and Snowball stemming). Pre-tokenised input bypasses it.
 
-    Search runs in numba and reuses per-index scratch arrays, so an index must not be searched
-    from several threads at once (numba holds the GIL here, which serialises such calls).
+    Search runs in numba and reuses per-index scratch arrays. The kernels keep the GIL, so
+    searches from several threads are serialised instead of racing on those arrays (and gain
+    nothing from the threads); ``add``, ``index`` and ``load`` replace the arrays wholesale.
     """
 
     def __init__(
@@ -642,7 +715,9 @@ class BM25Index:
     def query_token_ids(self, query: str | Sequence[str]) -> np.ndarray:
         """Vocabulary ids of the query's terms (unknown terms dropped, repeats kept): the input
         of the fast paths :meth:`search_token_ids` and :meth:`search_batch_token_ids`."""
-        return np.asarray(self._vocabulary.ids(self._query_tokens(query), grow=False), dtype=np.int64)
+        return np.asarray(
+            self._vocabulary.ids(self._query_tokens(query), grow=False), dtype=np.int64
+        )
 
     def search_token_ids(self, token_ids: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` for a query already mapped to vocabulary ids: returns document
@@ -688,9 +763,16 @@ class BM25Index:
         out_counts = np.zeros(queries, dtype=np.int64)
         if self._doc_ids:
             _search_many(
-                *self._kernel_arguments(), np.asarray(starts, dtype=np.int64),
-                np.asarray(token_ids, dtype=np.int64), width, self._acc, self._touched,
-                self._candidate_bits, out_positions, out_scores, out_counts,
+                *self._kernel_arguments(),
+                np.asarray(starts, dtype=np.int64),
+                np.asarray(token_ids, dtype=np.int64),
+                width,
+                self._acc,
+                self._touched,
+                self._candidate_bits,
+                out_positions,
+                out_scores,
+                out_counts,
             )
         return out_positions, out_scores, out_counts
 
@@ -703,14 +785,22 @@ class BM25Index:
     def _kernel_arguments(self) -> tuple:
         postings = (self._postings.words, self._postings.term_offsets, self._postings.term_df)
         return (
-            postings, self._term_max_gains, self._norms, self._method_code, self._shape,
+            postings,
+            self._term_max_gains,
+            self._norms,
+            self._method_code,
+            self._shape,
             self._absent_part,
         )
 
     def _query_tokens(self, query: str | Sequence[str]) -> Sequence[str]:
         if isinstance(query, str):
             return self.tokenizer.tokenize(query)
-        if isinstance(query, Sequence) and all(isinstance(token, str) for token in query):
+        # Checking the set of token types runs in C; a per-token isinstance() loop costs
+        # about as much as the vocabulary lookup itself.
+        if isinstance(query, Sequence) and all(
+            issubclass(kind, str) for kind in set(map(type, query))
+        ):
             return query
         raise InvalidInputError(
             f"a query must be a str or a sequence of str tokens, got {type(query).__name__}."
@@ -778,7 +868,7 @@ class BM25Index:
             "block_size": BLOCK_SIZE,
             "bitmap_density": BITMAP_DENSITY,
             "bitmap_terms": self._postings.num_bitmaps,
-            "top_k": "exact: term-at-a-time MaxScore, candidates probed in bitmap lists",
+            "top_k": "exact: term-at-a-time MaxScore; survivors intersected with bitmap lists",
             "bits_per_posting": self.bits_per_posting,
             "memory_bytes": self.memory_bytes(),
             "array_bytes": {name: array.nbytes for name, array in arrays.items()},
@@ -827,11 +917,19 @@ class BM25Index:
         :class:`~llmds.errors.CorruptIndexError`."""
         meta, arrays = load_arrays(path, FORMAT_KIND, FORMAT_VERSION)
         missing = {
-            "words", "term_offsets", "term_df", "doc_lengths",
-            "vocabulary_bytes", "vocabulary_offsets", "id_bytes", "id_offsets",
+            "words",
+            "term_offsets",
+            "term_df",
+            "doc_lengths",
+            "vocabulary_bytes",
+            "vocabulary_offsets",
+            "id_bytes",
+            "id_offsets",
         } - set(arrays)
         if missing:
-            raise CorruptIndexError(f"{path}: arrays {sorted(missing)} are missing; save the index again.")
+            raise CorruptIndexError(
+                f"{path}: arrays {sorted(missing)} are missing; save the index again."
+            )
         try:
             index = cls(
                 method=meta["method"],
@@ -844,7 +942,9 @@ class BM25Index:
             doc_ids = _unpack_strings(arrays["id_bytes"], arrays["id_offsets"])
             vocabulary = Vocabulary.from_list(terms)
         except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
-            raise CorruptIndexError(f"{path}: the saved index is inconsistent ({exc}); save it again.") from exc
+            raise CorruptIndexError(
+                f"{path}: the saved index is inconsistent ({exc}); save it again."
+            ) from exc
         postings = CompressedPostings(
             arrays["words"], arrays["term_offsets"], arrays["term_df"], len(doc_ids)
         )
@@ -860,6 +960,8 @@ class BM25Index:
                 f"{path}: array sizes disagree (documents, ids, terms); save the index again."
             )
         damaged = postings.first_damaged_term()
+        if damaged is None and np.any(postings.term_df < 1):
+            damaged = int(np.argmax(postings.term_df < 1))  # every indexed term occurs somewhere
         if damaged is not None:
             raise CorruptIndexError(
                 f"{path}: the postings of term {damaged} are malformed; save the index again."
@@ -896,7 +998,8 @@ class BM25Index:
             ):
                 raise InvalidInputError(
                     f"document {position} is neither a text nor a list of str tokens "
-                    f"({type(document).__name__}); pass all documents as texts or all as token lists."
+                    f"({type(document).__name__}); pass all documents as texts or all as "
+                    "token lists."
                 )
             token_lists.append(list(document))
         return token_lists
@@ -911,7 +1014,8 @@ class BM25Index:
             new_ids = list(ids)
             if len(new_ids) != count:
                 raise InvalidInputError(
-                    f"got {len(new_ids)} ids for {count} documents; pass exactly one id per document."
+                    f"got {len(new_ids)} ids for {count} documents; "
+                    "pass exactly one id per document."
                 )
             for doc_id in new_ids:
                 if not isinstance(doc_id, str):
@@ -977,8 +1081,13 @@ def _pack_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 def _unpack_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
     if data.dtype != np.uint8 or offsets.dtype != np.int64 or data.ndim != 1 or offsets.ndim != 1:
         raise ValueError("string table arrays have the wrong type")
-    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
+    if (
+        len(offsets) == 0
+        or offsets[0] != 0
+        or offsets[-1] != len(data)
+        or np.any(np.diff(offsets) < 0)
+    ):
         raise ValueError("string table offsets do not cover the data")
     raw = data.tobytes()
     bounds = offsets.tolist()
-    return [raw[start:end].decode("utf-8") for start, end in zip(bounds[:-1], bounds[1:])]
+    return [raw[start:end].decode("utf-8") for start, end in itertools.pairwise(bounds)]

@@ -11,10 +11,41 @@ as the reference systems keeps our SciFact figures comparable with published BM2
 from __future__ import annotations
 
 ENGLISH_STOP_WORDS: frozenset[str] = frozenset(
-    """
-    a an and are as at be but by for if in into is it no not of on or such
-    that the their then there these they this to was will with
-    """.split()
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+    }
 )
 
 STOP_WORD_LISTS: dict[str, frozenset[str]] = {"en": ENGLISH_STOP_WORDS}

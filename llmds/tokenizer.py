@@ -233,4 +233,3 @@ class Vocabulary:
     @classmethod
     def from_list(cls, terms: Sequence[str]) -> Vocabulary:
         return cls(terms)
-

@@ -146,7 +146,8 @@ _register(
         metrics=("ndcg@10", "recall@100", "qps_batch", "qps_single", "build_s", "index_bytes",
                  "bits_per_posting", "peak_build_bytes"),
         peers=(
-            Peer("bm25s", "bm25s", "bm25s", note="sparse-matrix BM25 with eager scoring"),
+            Peer("bm25s", "bm25s", "bm25s", note="sparse-matrix BM25 with eager scoring, numba backend"),
+            Peer("bm25s-numpy", "bm25s", "bm25s", note="the same with its default numpy backend"),
             Peer("rank_bm25", "rank-bm25", "rank_bm25", note="pure-Python BM25Okapi"),
         ),
         structures=(

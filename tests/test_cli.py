@@ -25,7 +25,7 @@ def test_list_json_has_every_component_and_peer_status():
     entries = {e["name"]: e for e in json.loads(result.output)}
     assert entries["bm25"]["status"] == "ready"
     assert entries["hnsw"]["status"] in ("ready", "planned")
-    assert {p["name"] for p in entries["bm25"]["peers"]} == {"bm25s", "rank_bm25"}
+    assert {p["name"] for p in entries["bm25"]["peers"]} == {"bm25s", "bm25s-numpy", "rank_bm25"}
     assert all(isinstance(p["installed"], bool) for p in entries["bm25"]["peers"])
 
 

@@ -163,12 +163,13 @@ class Bm25sAdapter(_TokenisedAdapter):
 
     impl = "bm25s"
     requires = ("bm25s",)
+    backend = "numba"
 
     def _new(self):
         import bm25s
 
         return bm25s.BM25(method=self.params["method"], k1=float(self.params["k1"]),
-                          b=float(self.params["b"]), delta=float(self.params["delta"]), backend="numba")
+                          b=float(self.params["b"]), delta=float(self.params["delta"]), backend=self.backend)
 
     def warmup(self, workload: Workload) -> None:
         doc_tokens, query_tokens = self._tokens(workload)
@@ -220,10 +221,17 @@ class Bm25sAdapter(_TokenisedAdapter):
     def describe(self) -> dict[str, Any]:
         import bm25s
 
-        return {**self.params, "version": bm25s.__version__, "backend": "numba", "n_threads": 1}
+        return {**self.params, "version": bm25s.__version__, "backend": self.backend, "n_threads": 1}
 
     def close(self) -> None:
         self.retriever = None
+
+
+class Bm25sNumpyAdapter(Bm25sAdapter):
+    """bm25s with its default numpy backend: what `pip install bm25s` users get out of the box."""
+
+    impl = "bm25s-numpy"
+    backend = "numpy"
 
 
 class RankBm25Adapter(_TokenisedAdapter):
@@ -276,6 +284,7 @@ class RankBm25Adapter(_TokenisedAdapter):
 ADAPTERS: dict[str, type[Adapter]] = {
     LlmdsBM25.impl: LlmdsBM25,
     Bm25sAdapter.impl: Bm25sAdapter,
+    Bm25sNumpyAdapter.impl: Bm25sNumpyAdapter,
     RankBm25Adapter.impl: RankBm25Adapter,
 }
 
@@ -341,8 +350,9 @@ TABLE = (
 
 GOALS = (
     Goal("nDCG@10 >= 0.686 on SciFact test (bm25s: 0.686)", "ndcg@10", at_least=0.686, datasets=("scifact",)),
-    Goal("queries/s (batch, k=10) >= 2x bm25s", "qps_batch", "bm25s", at_least=2.0),
-    Goal("queries/s (one at a time, k=10) >= 2x bm25s", "qps_single", "bm25s", at_least=2.0),
+    Goal("queries/s (batch, k=10) >= 2x bm25s (numba backend, its fastest)", "qps_batch", "bm25s", at_least=2.0),
+    Goal("queries/s (one at a time, k=10) >= 2x bm25s (numba backend)", "qps_single", "bm25s", at_least=2.0),
+    Goal("queries/s (batch, k=10) >= 2x bm25s (default numpy backend)", "qps_batch", "bm25s-numpy", at_least=2.0),
     Goal("index build time <= bm25s's", "build_s", "bm25s", at_most=1.0),
     Goal("index size <= 16 bits per posting", "bits_per_posting", at_most=16.0),
 )
