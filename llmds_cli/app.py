@@ -52,7 +52,7 @@ DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder t
 ParamOpt = Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Override a parameter: NAME=VALUE (repeatable). `llmds list` shows parameters.")]
 ResultsOpt = Annotated[Optional[Path], typer.Option("--results-dir", help="Where run folders go (default: ./results or $LLMDS_RESULTS_DIR).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of synthetic data and randomised structures.")]
-QuickOpt = Annotated[bool, typer.Option("--quick", help="At most 100 queries: a fast look, not a final figure.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="A fast look, not a final figure: 100 queries (bm25, hnsw, pipeline: per split), 200k stream items (cms), 2,000 requests (sched); kv runs whole traces.")]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", min=1, help="Timed repetitions of batch operations (median reported).")]
 
 
@@ -213,7 +213,7 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
     for name in _targets(target):
         chosen = dataset
         if target == "all" and data_dir is not None and dataset is None:
-            chosen = _real_workload(name, data_dir)
+            chosen = sweeps.real_workload(name, data_dir)
         run = _run_sweep(name, "compare", chosen, data_dir if chosen else None, param, False,
                          quick or (target == "all" and not full), seed, repeats, results_dir, as_json, impl)
         finished.append(run)
@@ -228,22 +228,6 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
         typer.echo(f"report: {written[0]}\nreport: {written[1]}", err=as_json)
     if failed:
         raise typer.Exit(1)
-
-
-def _real_workload(component: str, data_dir: Path) -> str | None:
-    """The first real (downloaded) dataset of a component found under ``data_dir``, if any."""
-    from llmds.errors import DatasetError
-    from llmds_cli import datasets
-
-    for name in registry.get(component).workloads:
-        if datasets.manifest(name).synthetic:
-            continue
-        try:
-            datasets.locate(name, data_dir)
-            return name
-        except DatasetError:
-            continue
-    return None
 
 
 def _compare_runs(runs: tuple[Path, Path], thresholds: dict[str, float], force: bool, as_json: bool) -> None:

@@ -155,7 +155,7 @@ def fetch(name: str, progress: Callable[[int, int | None], None] | None = None, 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     try:
         download = staging / ("archive.zip" if entry.archive == "zip" else next(iter(entry.files)))
-        _download(entry.url, download, progress)
+        _download(entry.url, download, progress, name)
         if entry.archive == "zip":
             with zipfile.ZipFile(download) as archive:
                 archive.extractall(staging / "unpacked")
@@ -180,7 +180,7 @@ def fetch(name: str, progress: Callable[[int, int | None], None] | None = None, 
     return target
 
 
-def _download(url: str, path: Path, progress: Callable[[int, int | None], None] | None) -> None:
+def _download(url: str, path: Path, progress: Callable[[int, int | None], None] | None, name: str) -> None:
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(path, "wb") as out:
             total = response.length
@@ -195,7 +195,7 @@ def _download(url: str, path: Path, progress: Callable[[int, int | None], None] 
         raise DatasetError(
             f"could not download {url} ({reason}). If this machine is offline, use a local copy: "
             "pass --data-dir PATH to the command (for example ../shared/data/scifact), or copy the "
-            f"files into {cache_dir()}/<name>/."
+            f"files into {cache_dir() / name}/."
         ) from None
 
 

@@ -191,13 +191,17 @@ def render(output: Path, both: bool = False) -> list[Path]:
     ax.text(legend_x, panel_top, "Legend", fontdict={**mono, "weight": "bold"}, va="center")
     for row, line in enumerate(legend):
         ax.text(legend_x, panel_top + 1.2 + row, line, fontdict=mono, va="center")
-    output.parent.mkdir(parents=True, exist_ok=True)
     targets = [output.with_suffix(".png"), output.with_suffix(".svg")] if both else [output]
-    for target in targets:
-        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
-        fig.savefig(tmp, format=target.suffix[1:])
-        tmp.replace(target)
-    plt.close(fig)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for target in targets:
+            tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+            fig.savefig(tmp, format=target.suffix[1:])
+            tmp.replace(target)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write the diagram to {output}: {exc.strerror or exc}; choose a writable --output.") from None
+    finally:
+        plt.close(fig)
     return targets
 
 

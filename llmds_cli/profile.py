@@ -89,6 +89,7 @@ def profile_component(component: str, dataset: str | None, data_dir: str | None,
     meta = reader.metadata
     summary = {
         "schema_version": SCHEMA_VERSION, "component": component, "mode": "profile",
+        "run_folder": str(folder.path),
         "command": " ".join(sys.argv), "params": params, "seed": seed,
         "dataset": {**workload.description, "name": workload.name, "checksum": workload.checksum},
         "peak_memory_bytes": int(meta.peak_memory),
@@ -106,8 +107,7 @@ def profile_component(component: str, dataset: str | None, data_dir: str | None,
     folder.append_records([{"op": "profile", "impl": "llmds", **{k: summary[k] for k in (
         "peak_memory_bytes", "total_allocations", "structure_bytes", "untracked_s", "tracked_s")}}])
     folder.write_json("env.json", envinfo.collect())
-    folder.write_json("results.json", summary)
-    folder.mark_latest()
+    folder.write_json("results.json", summary)  # LATEST stays with the newest bench/compare run
     return ProfileResult(folder, summary)
 
 

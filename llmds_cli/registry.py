@@ -208,7 +208,7 @@ _register(
         metrics=("block_hit_rate", "token_hit_rate", "memory_utilisation", "block_ops_per_s"),
         peers=(
             Peer("contiguous", "", "", note="max-length pre-allocation baseline"),
-            Peer("lru", "", "", note="plain LRU"),
+            Peer("lru", "", "", note="plain LRU: our cache with the LRU policy, vLLM's eviction order"),
             Peer("belady", "", "", exact=True, note="offline optimum"),
             Peer("infinite", "", "", exact=True, note="infinite-cache bound"),
         ),
@@ -240,7 +240,6 @@ _register(
         metrics=("ttft_p99", "tpot_p99", "e2e_p99", "throughput", "goodput"),
         peers=(
             Peer("heapq", "", "heapq", note="heapq with lazy deletion"),
-            Peer("fcfs", "", "", note="first come, first served"),
         ),
         depends_on=("kv",),
         structures=(

@@ -27,6 +27,8 @@ _TIME = ("_s", "_us", "_ns", "latency", "time", "median", "mean", "min", "max")
 def classify(metric: str) -> str | None:
     """Which way is worse for a figure, from its name; None for figures with no direction."""
     name = metric.lower()
+    if name.startswith("compile"):  # one-off JIT compilation, cached per machine: not a speed figure
+        return None
     if any(key in name for key in _QUALITY):
         return "quality"
     if any(key in name for key in _THROUGHPUT):
@@ -71,6 +73,8 @@ def load(path: str | Path) -> RunFigures:
             "an interrupted run has neither)."
         )
     meta = json.loads(results.read_text())
+    if meta.get("mode") == "profile":
+        raise InvalidInputError(f"{folder} is a memory profile; compare --runs takes bench or compare runs.")
     figures = {}
     with open(table, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
@@ -97,9 +101,11 @@ def compare_runs(a: RunFigures, b: RunFigures, thresholds: dict[str, float] | No
         raise InvalidInputError(f"cannot compare a {a.component} run with a {b.component} run; "
                                 "pass two runs of the same component.")
     if a.identity != b.identity and not force:
+        differences = [f"{key}: {a.identity.get(key)!r} vs {b.identity.get(key)!r}"
+                       for key in sorted(set(a.identity) | set(b.identity)) if a.identity.get(key) != b.identity.get(key)]
         raise InvalidInputError(
-            f"the runs differ in dataset or parameters ({a.identity} vs {b.identity}); "
-            "their figures are not comparable. Pass --force to compare anyway."
+            f"the runs differ ({'; '.join(differences)}), so their figures are not comparable. "
+            "Pass --force to compare anyway."
         )
     limits = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     changes = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,9 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _verdict(result: GoalResult) -> str:
-    return {True: "met", False: "NOT met", None: "not measured"}[result.met]
+def _verdict(result: GoalResult, quick: bool = False) -> str:
+    verdict = {True: "met", False: "NOT met", None: "not measured"}[result.met]
+    return f"{verdict} (quick)" if quick and result.met is not None else verdict
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Section:
     goals: list[GoalResult]
     charts: list[str]
     dataset: str
+    quick: bool = False
     note: str = ""
 
 
@@ -93,7 +96,7 @@ def section_for(run) -> Section:
     dataset = meta["dataset"]["name"]
     goals = evaluate_goals(getattr(module, "GOALS", ()), run.rows, dataset)
     return Section(meta["component"], run.folder, run.rows, run.parity, goals,
-                   [c for c in run.charts if c.endswith(".png")], dataset)
+                   [c for c in run.charts if c.endswith(".png")], dataset, bool(meta.get("quick")))
 
 
 def _table_rows(section: Section) -> tuple[list[str], list[list[str]]]:
@@ -101,7 +104,8 @@ def _table_rows(section: Section) -> tuple[list[str], list[list[str]]]:
     columns = [c for c in module.TABLE if any(r["metric"] == c.metric for r in section.rows)]
     values = _values(section.rows)
     header = ["implementation / configuration", *[c.header for c in columns]]
-    body = [[config, *[_fmt(v.get(c.metric)) for c in columns]] for config, v in values.items()]
+    body = [[config, *[_fmt(v.get(c.metric)) for c in columns]] for config, v in values.items()
+            if any(c.metric in v for c in columns)]
     return header, body
 
 
@@ -115,8 +119,13 @@ def write(sections: list[Section], folder: Path) -> list[Path]:
         summary_rows.append([s.component, s.dataset, f"{met}/{len(s.goals)}", str(failed),
                              "FAILED" if parity_failed else ("passed" if any("passed" in p for p in s.parity) else "—"),
                              str(s.folder.path) if s.folder else s.note])
+    quick = any(s.quick for s in sections)
+    profile_line = ("**Quick profile**: subsets of queries, requests and stream items; verdicts are indicative. "
+                    "Run `llmds compare all --full` for figures that count." if quick else
+                    "Full profile: every query, request and stream item.")
     md = ["# llmds compare report", "",
           "Every figure below was measured in this run, ours and each peer on the same data, one thread.", "",
+          profile_line, "",
           "| component | dataset | goals met | goals not met | parity | run folder |", "|---|---|---|---|---|---|"]
     md += ["| " + " | ".join(r) + " |" for r in summary_rows]
     for c in planned:
@@ -136,9 +145,9 @@ def write(sections: list[Section], folder: Path) -> list[Path]:
                     md.append(f"- {p['impl']}: {p.get('status', '')} {p.get('reason', '')}".rstrip())
         if s.goals:
             md += ["", "| goal | measured | verdict |", "|---|---|---|"]
-            md += [f"| {g.goal.text} | {_fmt(g.value)} | {_verdict(g)} |" for g in s.goals]
+            md += [f"| {g.goal.text} | {_fmt(g.value)} | {_verdict(g, s.quick)} |" for g in s.goals]
         for chart in s.charts:
-            md.append(f"\n![{chart}]({s.folder.path.resolve() / chart})")
+            md.append(f"\n![{chart}]({os.path.relpath(s.folder.path / chart, folder)})")
     md_path = folder / "report.md"
     atomic_write_text(md_path, "\n".join(md) + "\n")
     html_path = folder / "report.html"
@@ -165,6 +174,9 @@ def _html(sections: list[Section], summary_rows: list[list[str]], planned) -> st
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f4f6}"
              ".met{color:#15803d}.not{color:#b91c1c;font-weight:bold}img{max-width:100%;border:1px solid #eee}</style></head><body>",
              "<h1>llmds compare report</h1><p>Every figure was measured in this run, ours and each peer on the same data, one thread.</p>"]
+    if any(s.quick for s in sections):
+        parts.append("<p class='not'>Quick profile: subsets of queries, requests and stream items; verdicts are indicative. "
+                     "Run <code>llmds compare all --full</code> for figures that count.</p>")
     summary = summary_rows + [[c.name, "—", "—", "—", "—", f"planned, not built yet (issue {c.issue})"] for c in planned]
     parts.append(_html_table(["component", "dataset", "goals met", "goals not met", "parity", "run folder"], summary))
     for s in sections:
@@ -180,7 +192,7 @@ def _html(sections: list[Section], summary_rows: list[list[str]], planned) -> st
                 parts.append(f"<p>parity with {html.escape(p['impl'])}: {html.escape(p.get('status', ''))} "
                              f"{html.escape(p.get('reason', ''))}</p>")
         if s.goals:
-            goal_rows = [[g.goal.text, _fmt(g.value), _verdict(g)] for g in s.goals]
+            goal_rows = [[g.goal.text, _fmt(g.value), _verdict(g, s.quick)] for g in s.goals]
             table = _html_table(["goal", "measured", "verdict"], goal_rows)
             table = table.replace("<td>NOT met</td>", "<td class='not'>NOT met</td>").replace("<td>met</td>", "<td class='met'>met</td>")
             parts.append(table)

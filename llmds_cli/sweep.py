@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmds.errors import InvalidInputError
@@ -75,13 +76,38 @@ def _coerce(name: str, text: str, default: Any) -> Any:
 
 def workload_spec(request: SweepRequest) -> WorkloadSpec:
     component = registry.require_ready(request.component)
-    dataset = request.dataset or component.default_workload
+    dataset = request.dataset
+    if dataset is None and request.data_dir:
+        dataset = real_workload(component.name, request.data_dir)
+        if dataset is None:
+            raise InvalidInputError(
+                f"--data-dir {request.data_dir} holds none of {component.name}'s real datasets "
+                f"({', '.join(w for w in component.workloads if not w.startswith('synthetic'))}); "
+                "pass --dataset NAME with the folder that holds it."
+            )
+    dataset = dataset or component.default_workload
     if dataset not in component.workloads:
         raise InvalidInputError(
             f"{component.name} does not run on dataset {dataset!r}; it accepts: {', '.join(component.workloads)}."
         )
     options = {"queries": 100} if request.quick else {}
     return WorkloadSpec(component.name, dataset, request.data_dir, request.seed, tuple(sorted(options.items())))
+
+
+def real_workload(component: str, data_dir: str | Path) -> str | None:
+    """The first real (downloadable) dataset of a component found under ``data_dir``, if any."""
+    from llmds.errors import DatasetError
+    from llmds_cli import datasets
+
+    for name in registry.get(component).workloads:
+        if datasets.manifest(name).synthetic:
+            continue
+        try:
+            datasets.locate(name, data_dir)
+            return name
+        except DatasetError:
+            continue
+    return None
 
 
 def execute(request: SweepRequest, executor: Executor | None = None, progress=None) -> FinishedRun:
@@ -99,6 +125,7 @@ def execute(request: SweepRequest, executor: Executor | None = None, progress=No
         impls = ["llmds"]
     configs = module.configurations(request.mode, request.params, request.sweep, impls)
     workload = load_workload(spec)  # fail fast on a missing dataset, before a folder exists
+    verified = _verify_local_copy(spec)
     executor = executor or LocalExecutor()
     folder = RunFolder.create(component.name, request.results_dir)
     folder.write_json("env.json", {**envinfo.collect(), **executor.describe()})
@@ -115,11 +142,19 @@ def execute(request: SweepRequest, executor: Executor | None = None, progress=No
             folder.append_records(result.records)
         if result.error:
             failures[result.config_id] = result.error
-            folder.append_records([{"op": "failed", "config": result.config_id, "error": result.error}])
+            impl = result.config_id.split("(", 1)[0]
+            folder.append_records([{"op": "failed", "impl": impl, "config": result.config_id, "error": result.error}])
         if progress:
             progress(result)
 
     run_tasks(tasks, executor, store)
+    if failures and len(failures) == len(tasks):
+        # nothing was measured: say why, and leave no run folder that looks like a result
+        import shutil
+
+        shutil.rmtree(folder.path, ignore_errors=True)
+        first = next(iter(failures.values())).splitlines()[0]
+        raise InvalidInputError(f"every configuration failed; the first: {first}")
     meta = {
         "schema_version": SCHEMA_VERSION,
         "component": component.name,
@@ -129,11 +164,32 @@ def execute(request: SweepRequest, executor: Executor | None = None, progress=No
         "sweep": request.sweep,
         "quick": request.quick,
         "seed": request.seed,
-        "dataset": {**workload.description, "name": workload.name, "checksum": workload.checksum},
+        "dataset": {**workload.description, "name": workload.name, "checksum": workload.checksum,
+                    "matches_manifest": verified},
         "configurations": [c.id for c in configs],
         "failures": failures,
     }
     return finish_run(folder, meta)
+
+
+def _verify_local_copy(spec: WorkloadSpec) -> bool | None:
+    """Whether a downloaded dataset's files match its manifest (None for generated data).
+
+    A mismatch is not an error (a user may benchmark their own variant on purpose), but it is
+    said on stderr and recorded, so nobody mistakes the figures for the reference dataset's.
+    """
+    from llmds_cli import datasets
+
+    if datasets.manifest(spec.dataset).synthetic:
+        return None
+    folder = datasets.locate(spec.dataset, spec.data_dir)
+    entry = datasets.manifest(spec.dataset)
+    bad = [rel for rel, status in datasets.verify(spec.dataset, folder).items()
+           if status == "mismatch" or (status == "missing" and rel in entry.files)]
+    if bad:
+        print(f"warning: {folder}: {', '.join(bad)} differ from the {spec.dataset} manifest's checksums; "
+              "figures are for this copy, not the reference dataset.", file=sys.stderr)
+    return not bad
 
 
 def finish_run(folder: RunFolder, meta: dict[str, Any]) -> FinishedRun:

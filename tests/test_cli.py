@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -158,7 +159,7 @@ def test_profile_kv_peak_matches_the_block_pool(results_dir):
     result = invoke("profile", "kv", "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    folder = results_dir / "kv" / (results_dir / "kv" / "LATEST").read_text().strip()
+    folder = Path(summary["run_folder"])
     assert (folder / "memray" / "capture.bin").is_file()
     assert summary["files"]["flamegraph"] and (folder / summary["files"]["flamegraph"]).is_file()
     assert summary["structure_bytes"] > 0
@@ -180,3 +181,15 @@ def test_pipeline_bench_on_generated_hybrid_data(results_dir):
     assert abs(ndcg["dense_hnsw"] - ndcg["dense_exact"]) <= 0.02
     alpha = [v["alpha"] for c, v in summary.items() if "convex_hnsw" in c and "alpha" in v]
     assert alpha and 0.0 <= alpha[0] <= 1.0
+
+
+def test_a_run_where_every_configuration_fails_is_an_error_and_leaves_nothing(results_dir):
+    result = invoke("bench", "bm25", "--no-sweep", "--quick", "-p", "k1=-1")
+    assert result.exit_code == 2
+    assert "every configuration failed" in result.output and "k1 must be" in result.output
+    assert not any(results_dir.rglob("results.json")) and not any(results_dir.rglob("LATEST"))
+
+
+def test_data_dir_without_dataset_uses_the_real_dataset_there(tmp_path, results_dir):
+    result = invoke("bench", "bm25", "--data-dir", str(tmp_path))
+    assert result.exit_code == 2 and "holds none of bm25's real datasets" in result.output

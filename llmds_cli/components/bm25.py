@@ -271,8 +271,12 @@ class RankBm25Adapter(_TokenisedAdapter):
         return 1
 
     def memory_bytes(self) -> int:
-        # document term-frequency dicts dominate; approximate with their entry count x 100 bytes
-        return int(sum(len(d) for d in self.bm25.doc_freqs) * 100)
+        # its index is Python objects: per-document term-frequency dicts, the idf dict and the
+        # length list (the token strings themselves are shared with the caller's token lists)
+        import sys
+
+        return int(sum(sys.getsizeof(d) for d in self.bm25.doc_freqs) + sys.getsizeof(self.bm25.doc_freqs)
+                   + sys.getsizeof(self.bm25.idf) + sys.getsizeof(self.bm25.doc_len))
 
     def describe(self) -> dict[str, Any]:
         return {**self.params, "method": "okapi (rank_bm25)"}
@@ -293,7 +297,9 @@ def configurations(mode: str, params: dict[str, Any], sweep: bool, impls: list[s
     component = registry.get("bm25")
     base = {**component.defaults(), **params}
     if mode == "compare":
-        return [Config.of(impl, base) for impl in impls]
+        # rank_bm25 has one formula (Okapi): its row does not pretend to take method or delta
+        okapi = {k: v for k, v in base.items() if k not in ("method", "delta")}
+        return [Config.of(impl, okapi if impl == "rank_bm25" else base) for impl in impls]
     configs = [Config.of("llmds", base)]
     if sweep:
         seen = {configs[0]}
@@ -406,7 +412,8 @@ def charts(rows: list[dict[str, Any]], records: list[dict[str, Any]], context: d
         values.setdefault(r["config"], {"impl": r["impl"]})[r["metric"]] = r["value"]
     written = []
     labels = list(values)
-    short = [label if len(label) < 28 else values[label]["impl"] + "(...)" for label in labels]
+    short = [values[label]["impl"] if values[label]["impl"] != "llmds" or len(labels) == 1
+             else _short_params(label[label.find("(") + 1:-1]) for label in labels]
     written += plots.grouped_bars(
         folder, "throughput", "BM25 queries per second at k=10 (single thread)", short,
         {"batch": [values[c].get("qps_batch", float("nan")) for c in labels],
@@ -424,5 +431,4 @@ def charts(rows: list[dict[str, Any]], records: list[dict[str, Any]], context: d
 
 def _short_params(text: str) -> str:
     keep = ("method", "k1", "b")
-    parts = [p for p in text.split(",") if p.split("=")[0] in keep]
-    return ",".join(p.split("=")[1] for p in parts)
+    return ",".join(p for p in text.split(",") if p.split("=")[0] in keep)

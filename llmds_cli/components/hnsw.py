@@ -9,6 +9,7 @@ on disk next to the dataset cache, keyed by the data's checksum.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -54,8 +55,6 @@ def load_workload(spec: WorkloadSpec) -> Workload:
 
 def _scifact_embeddings(spec: WorkloadSpec) -> tuple[np.ndarray, np.ndarray, str]:
     """Corpus embeddings and the embeddings of the 300 test queries (qrels/test.tsv order)."""
-    import json
-
     folder = datasets.locate("scifact", spec.data_dir)
     emb = folder / "embeddings"
     files = [emb / "corpus.npy", emb / "queries.npy", emb / "query_ids.json", folder / "qrels" / "test.tsv"]
@@ -66,6 +65,10 @@ def _scifact_embeddings(spec: WorkloadSpec) -> tuple[np.ndarray, np.ndarray, str
             "with embeddings/corpus.npy, queries.npy and query_ids.json (all-MiniLM-L6-v2)."
         )
     base = datasets.load_vectors(emb / "corpus.npy")
+    corpus_ids = emb / "corpus_ids.json"
+    if corpus_ids.is_file() and len(json.loads(corpus_ids.read_text())) != len(base):
+        raise InvalidInputError(f"{emb}: corpus.npy has {len(base)} vectors but corpus_ids.json names "
+                                f"{len(json.loads(corpus_ids.read_text()))} documents; re-export the embeddings.")
     all_queries = datasets.load_vectors(emb / "queries.npy")
     query_ids = json.loads((emb / "query_ids.json").read_text())
     if len(query_ids) != len(all_queries):
@@ -102,6 +105,23 @@ def exact_neighbours(base: np.ndarray, queries: np.ndarray, metric: str, k: int,
         np.save(handle, truth)
     os.replace(handle.name, cache)
     return truth
+
+
+def _threadpoolctl():
+    try:
+        import threadpoolctl
+
+        return threadpoolctl
+    except ImportError:
+        return None
+
+
+def _one_blas_thread():
+    """Pin numpy's BLAS to one thread, like every other implementation here."""
+    import contextlib
+
+    module = _threadpoolctl()
+    return module.threadpool_limits(1) if module else contextlib.nullcontext()
 
 
 class _VectorAdapter(Adapter):
@@ -319,6 +339,10 @@ class ExactAdapter(_VectorAdapter):
         pass
 
     def _top(self, queries: np.ndarray) -> np.ndarray:
+        with _one_blas_thread():
+            return self._top_unpinned(queries)
+
+    def _top_unpinned(self, queries: np.ndarray) -> np.ndarray:
         if self.metric == "l2":
             d = self.norms[None, :] - 2 * queries @ self.base.T
         else:
@@ -338,7 +362,7 @@ class ExactAdapter(_VectorAdapter):
         return int(self.base.nbytes)
 
     def describe(self) -> dict[str, Any]:
-        return {"impl": self.impl, "threads": "as BLAS is configured"}
+        return {"impl": self.impl, "threads": 1 if _threadpoolctl() else "as BLAS is configured (threadpoolctl missing)"}
 
     def close(self) -> None:
         self.base = None

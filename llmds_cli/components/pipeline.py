@@ -78,7 +78,8 @@ def _workload(spec: WorkloadSpec, beir, corpus: np.ndarray, vector_of: dict[str,
                          "vectors": np.stack([vector_of[q] for q in ids]) if ids else np.zeros((0, corpus.shape[1]), np.float32)}
     description = {"dataset": spec.dataset, "documents": len(beir.doc_ids), "train_queries": len(splits["train"]["ids"]),
                    "test_queries": len(splits["test"]["ids"]), "dim": int(corpus.shape[1])}
-    context = {"qrels": {split: {q: beir.qrels[split][q] for q in splits[split]["ids"]} for split in splits}}
+    context = {"dataset": spec.dataset,
+               "qrels": {split: {q: beir.qrels[split][q] for q in splits[split]["ids"]} for split in splits}}
     data = {"doc_ids": beir.doc_ids, "texts": beir.doc_texts, "embeddings": corpus, "splits": splits}
     return Workload(spec.dataset, data, checksum, description, context)
 
@@ -347,7 +348,7 @@ def charts(rows: list[dict[str, Any]], records: list[dict[str, Any]], context: d
     if chosen:
         ax.axvline(chosen[0]["value"], color="#6b7280", linestyle=":", label=f"alpha chosen on train: {chosen[0]['value']:.2f}")
     ax.set_xlabel("alpha (weight of the dense score)")
-    ax.set_ylabel("nDCG@10 on SciFact test")
+    ax.set_ylabel(f"nDCG@10 on {context.get('dataset', 'the')} test queries")
     ax.set_title("Convex fusion: nDCG@10 against alpha")
     ax.legend(fontsize=7)
     written = plots.save(fig, folder, "ndcg_vs_alpha")

@@ -127,17 +127,6 @@ class HeapqAdapter(Adapter):
         yield from heap_mixes(self.impl)
 
 
-class FcfsAdapter(LlmdsScheduler):
-    """First come, first served, as mainstream servers schedule: the policy to beat."""
-
-    impl = "fcfs"
-
-    def __init__(self, params, options=None):
-        from llmds_cli.components.base import RunOptions
-
-        super().__init__({**params, "policy": "fcfs"}, options or RunOptions())
-
-
 def _ops(mix: str, rng: np.random.Generator) -> list[tuple[str, int, float]]:
     n = HEAP_SIZE
     priorities = rng.random(n)
@@ -205,7 +194,9 @@ def heap_mixes(impl: str) -> Iterator[dict[str, Any]]:
         yield {"op": "heap", "mix": mix, "operations": len(ops), "popped": popped, "ns": times}
 
 
-ADAPTERS: dict[str, type[Adapter]] = {a.impl: a for a in (LlmdsScheduler, HeapqAdapter, FcfsAdapter)}
+# FCFS, the policy of mainstream servers, is the baseline among the simulated policies (rows
+# with policy=fcfs); heapq is the outside peer of the heap.
+ADAPTERS: dict[str, type[Adapter]] = {a.impl: a for a in (LlmdsScheduler, HeapqAdapter)}
 
 
 def configurations(mode: str, params: dict[str, Any], sweep: bool, impls: list[str]) -> list[Config]:
@@ -234,7 +225,8 @@ TABLE = (
     Column("heap_ops_per_s", "heap ops/s", "{:,.0f}"),
 )
 GOALS = (
-    Goal("full Azure conversation trace simulates in < 10 s", "sim_wall_s", at_most=10.0, datasets=("azure-conv",)),
+    Goal("Azure conversation trace simulates in < 10 s (slowest policy and load; full trace only with --full)",
+         "sim_wall_s_max", at_most=10.0, datasets=("azure-conv",)),
     Goal("indexed heap >= heapq (lazy) on update-heavy mix", "heap_ops_per_s@update-heavy", "heapq", at_least=1.0),
     Goal("indexed heap >= heapq (lazy) on cancel-heavy mix", "heap_ops_per_s@cancel-heavy", "heapq", at_least=1.0),
     Goal("indexed heap within 3x of heapq on push/pop only", "heap_ops_per_s@push-pop", "heapq", at_least=1 / 3),
@@ -280,6 +272,9 @@ def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[di
             rate = metrics.rate_per_second(r["operations"], float(np.median(r["ns"])))
             add("heap_ops_per_s", rate, "1/s", config=f"{r['config']} {r['mix']}")
             add(f"heap_ops_per_s@{r['mix']}", rate, "1/s")
+    walls = [r["wall_ns"] for r in records if r.get("op") == "simulate" and r.get("impl") == "llmds"]
+    if walls:  # the goal reads the slowest simulation of the run
+        rows.append(metrics.row("llmds", "goals", "simulate", "sim_wall_s_max", max(walls) / 1e9, "s"))
     return rows
 
 
