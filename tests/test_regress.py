@@ -95,3 +95,32 @@ def test_cli_exit_code_and_reports(tmp_path):
     assert (b / "regression.md").read_text().count("REGRESSION") == 1
     same = CliRunner().invoke(app, ["compare", "--runs", str(a), str(a)])
     assert same.exit_code == 0
+
+
+def test_a_deliberately_slowed_operation_is_flagged(tmp_path, monkeypatch):
+    """Two real bench runs; in the second, BM25 search is slowed through a fixture."""
+    import time
+
+    from llmds.bm25 import BM25Index
+
+    runner = CliRunner()
+    args = ["bench", "bm25", "--no-sweep", "--quick", "--repeats", "1", "--results-dir", str(tmp_path), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    baseline = tmp_path / "bm25" / (tmp_path / "bm25" / "LATEST").read_text().strip()
+
+    original = BM25Index.search
+
+    def slowed(self, *a, **k):
+        time.sleep(0.002)  # ~2 ms per query: far beyond any noise threshold
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(BM25Index, "search", slowed)
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    slowed_run = tmp_path / "bm25" / (tmp_path / "bm25" / "LATEST").read_text().strip()
+    assert slowed_run != baseline
+    result = runner.invoke(app, ["compare", "--runs", str(baseline), str(slowed_run), "--json"])
+    assert result.exit_code == 1
+    flagged = {c["metric"] for c in json.loads(result.stdout)["changes"] if c["regressed"]}
+    assert "qps_single" in flagged
