@@ -38,7 +38,10 @@ and the flags that would assume their absence ('nnan', 'ninf') are left off anyw
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # 'reassoc' lets LLVM vectorise the float32 reductions of the distance loops (SIMD), 'contract'
 # allows fused multiply-add. NaN/Inf assumptions ('nnan', 'ninf') are deliberately excluded.
@@ -51,6 +54,54 @@ METRIC_IP = 1  # 1 - <a, b> (cosine is this on unit-length vectors)
 ENTRY, TOP, GENERATION, DISTANCES = 0, 1, 2, 3
 
 _GENERATION_LIMIT = 2**31 - 2
+
+
+@intrinsic
+def _prefetch(typingctx, matrix, row, column):
+    """Hint the CPU to start loading ``matrix[row, column]`` into cache (LLVM llvm.prefetch).
+
+    Graph search jumps to unpredictable rows; issuing the loads for all of a node's unvisited
+    neighbours before computing any distance overlaps their memory latency (hnswlib uses
+    _mm_prefetch likewise). Measured one query per call: about 7% faster at 100k x 128, where
+    the vectors outgrow the L3 cache, and neutral at 10k; prefetching only each row's first
+    cache line was slower in both cases.
+    """
+    signature = types.void(matrix, row, column)
+
+    def codegen(context, builder, sig, args):
+        matrix_type = sig.args[0]
+        array = context.make_array(matrix_type)(context, builder, args[0])
+        indices = [context.cast(builder, value, value_type, types.intp)
+                   for value, value_type in zip(args[1:], sig.args[1:])]
+        pointer = cgutils.get_item_pointer2(
+            context, builder, array.data, cgutils.unpack_tuple(builder, array.shape),
+            cgutils.unpack_tuple(builder, array.strides), matrix_type.layout, indices)
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        prefetch_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, int32, int32, int32])
+        # The intrinsic is mangled by pointer type: opaque "ptr" on current LLVM, "i8*" before.
+        suffix = "p0" if str(byte_pointer.type) == "ptr" else "p0i8"
+        prefetch = cgutils.get_or_insert_function(builder.module, prefetch_type,
+                                                  f"llvm.prefetch.{suffix}")
+        # read access, maximal temporal locality, data cache
+        builder.call(prefetch, [byte_pointer, int32(0), int32(3), int32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+# float32 values per 64-byte cache line
+_LINE = 16
+
+
+@njit(cache=True, inline="always")
+def _prefetch_unvisited(links, row, vectors, visited, tag):
+    """Prefetch every cache line of the vectors of the not-yet-visited nodes in ``links[row]``."""
+    for j in range(1, links[row, 0] + 1):
+        neighbour = links[row, j]
+        if visited[neighbour] != tag:
+            for column in range(0, vectors.shape[1], _LINE):
+                _prefetch(vectors, neighbour, column)
 
 
 @njit(cache=True)
@@ -199,6 +250,7 @@ def _search_layer(queries, query_row, entry, entry_distance, ef, layer, vectors,
             break
         row = _link_row(cand_nodes[0], layer, upper_offset)
         n_candidates = _heap_pop(cand_keys, cand_nodes, n_candidates)
+        _prefetch_unvisited(links, row, vectors, visited, tag)
         for j in range(1, links[row, 0] + 1):
             neighbour = links[row, j]
             if visited[neighbour] == tag:

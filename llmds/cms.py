@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -75,6 +74,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from llmds.checks import integer_argument
 from llmds.errors import CorruptIndexError, InvalidInputError
 from llmds.indexed_heap import IndexedHeap
 from llmds.persist import load_arrays, save_arrays
@@ -520,21 +520,6 @@ def _label(source: Sequence, position: int) -> Key:
 # ------------------------------------------------------------------ argument checks
 
 
-def _integer_argument(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool | np.bool_):
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InvalidInputError(
-            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})."
-        ) from None
-    if number < minimum or (maximum is not None and number > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise InvalidInputError(f"{name} must be an integer {allowed}, got {number}.")
-    return number
-
-
 def _open_unit_interval(name: str, value: Any, meaning: str) -> float:
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise InvalidInputError(f"{name} must be a number in (0, 1), got {value!r}.")
@@ -635,14 +620,14 @@ class CountMinSketch:
         overflow: str = "widen",
         track_top: int = 0,
     ) -> None:
-        self._width = _integer_argument("width", width, 1, _MAX_WIDTH)
-        self._depth = _integer_argument("depth", depth, 1)
+        self._width = integer_argument("width", width, 1, _MAX_WIDTH)
+        self._depth = integer_argument("depth", depth, 1)
         if self._depth > _MAX_DEPTH:
             raise InvalidInputError(
                 f"depth must be between 1 and {_MAX_DEPTH}, got {self._depth}: depth is the number "
                 "of hash rows (delta = e**-depth); did you swap width and depth?"
             )
-        self._seed = _integer_argument("seed", seed, 0)
+        self._seed = integer_argument("seed", seed, 0)
         if not isinstance(conservative, bool | np.bool_):
             raise InvalidInputError(f"conservative must be True or False, got {conservative!r}.")
         self._conservative = bool(conservative)
@@ -660,7 +645,7 @@ class CountMinSketch:
                 f"counters stick at the maximum), got {overflow!r}."
             )
         self._overflow = overflow
-        self._track_top = _integer_argument("track_top", track_top, 0)
+        self._track_top = integer_argument("track_top", track_top, 0)
         rng = np.random.default_rng(self._seed)
         # Columns: multiplier of the low half, multiplier of the high half, offset; uniform 64-bit.
         self._coefficients = rng.integers(
@@ -939,7 +924,7 @@ class CountMinSketch:
         fingerprints).
         """
         self._require_tracking("heavy_hitters")
-        k = _integer_argument("k", k, 1)
+        k = integer_argument("k", k, 1)
         if k > self._track_top:
             raise InvalidInputError(
                 f"k={k} exceeds track_top={self._track_top}, the number of candidates this sketch "

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from llmds import _hnsw_kernels as kernels
+from llmds.checks import integer_argument
 from llmds.errors import CorruptIndexError, InvalidInputError
 from llmds.persist import load_arrays, save_arrays
 
@@ -58,21 +59,6 @@ _DICT_ENTRY_BYTES = 100
 _SLOT_ARRAYS = ("_vectors", "_ids", "_levels", "_live", "_links0", "_upper_offset")
 
 IdFilter = Callable[[int], bool] | np.ndarray | Sequence[int]
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``, or an InvalidInputError saying what to pass."""
-    if isinstance(value, bool | np.bool_):
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InvalidInputError(
-            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})."
-        ) from None
-    if number < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {number}.")
-    return number
 
 
 def _resized(array: np.ndarray, length: int, keep: int) -> np.ndarray:
@@ -124,13 +110,13 @@ class HNSWIndex:
     ) -> None:
         if metric not in METRICS:
             raise InvalidInputError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}.")
-        self.dim = _positive_int("dim", dim)
+        self.dim = integer_argument("dim", dim)
         self.metric = metric
-        self.M = _positive_int("M", M, minimum=2)
-        self.ef_construction = _positive_int("ef_construction", ef_construction)
-        self.ef = _positive_int("ef", ef)
-        self.seed = _positive_int("seed", seed, minimum=0)
-        capacity = _positive_int("capacity", capacity)
+        self.M = integer_argument("M", M, minimum=2)
+        self.ef_construction = integer_argument("ef_construction", ef_construction)
+        self.ef = integer_argument("ef", ef)
+        self.seed = integer_argument("seed", seed, minimum=0)
+        capacity = integer_argument("capacity", capacity)
         self._metric_code = _METRIC_CODES[metric]
         self._level_scale = 1.0 / math.log(self.M)
         self._rng = np.random.default_rng(self.seed)
@@ -397,8 +383,8 @@ class HNSWIndex:
         else:
             query = self._as_matrix(query, "query", ndim=1)[0]
         if type(k) is not int or k <= 0:
-            k = _positive_int("k", k)
-        ef = self.ef if ef is None else _positive_int("ef", ef)
+            k = integer_argument("k", k)
+        ef = self.ef if ef is None else integer_argument("ef", ef)
         if filter is None:
             eligible, want = self._live, min(k, len(self._slot_of))
         else:
@@ -428,8 +414,8 @@ class HNSWIndex:
         each row nearest first. Parameters as for :meth:`search`.
         """
         matrix = self._as_matrix(queries, "queries", ndim=2)
-        k = _positive_int("k", k)
-        ef = self.ef if ef is None else _positive_int("ef", ef)
+        k = integer_argument("k", k)
+        ef = self.ef if ef is None else integer_argument("ef", ef)
         eligible, n_eligible = self._eligibility(filter)
         return self._run_search(matrix, k, ef, eligible, min(k, n_eligible))
 
@@ -460,7 +446,7 @@ class HNSWIndex:
 
     def _lookup(self, id: Any) -> int:
         """``id`` as a Python int that is live in the index, else InvalidInputError."""
-        key = _positive_int("id", id, minimum=-_INT64_MAX - 1)
+        key = integer_argument("id", id, minimum=-_INT64_MAX - 1)
         if key not in self._slot_of:
             raise InvalidInputError(f"id {key} is not in the index (never added, or deleted).")
         return key
@@ -486,7 +472,7 @@ class HNSWIndex:
 
     @distance_computations.setter
     def distance_computations(self, value: int) -> None:
-        self._state[kernels.DISTANCES] = _positive_int("distance_computations", value, minimum=0)
+        self._state[kernels.DISTANCES] = integer_argument("distance_computations", value, minimum=0)
 
     # ------------------------------------------------------------------ reporting
 
@@ -576,7 +562,7 @@ class HNSWIndex:
             index._restore(meta, arrays)
         except (KeyError, TypeError, ValueError, InvalidInputError) as exc:
             raise CorruptIndexError(f"{path} is not a consistent saved HNSW index: {exc}") from None
-        if dim is not None and index.dim != _positive_int("dim", dim):
+        if dim is not None and index.dim != integer_argument("dim", dim):
             raise InvalidInputError(
                 f"{path} holds a {index.dim}-d index but {dim}-d was expected; load the index "
                 "built for this data or rebuild it."

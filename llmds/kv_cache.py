@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from llmds.checks import integer_argument
 from llmds.errors import CorruptIndexError, InvalidInputError, LlmdsError
 from llmds.kv_eviction import DEFAULT_POLICY, EvictionPolicy, make_policy, policy_names
 from llmds.persist import load_arrays, save_arrays
@@ -161,12 +162,6 @@ def resolve_model(model: str | ModelShape | Mapping[str, Any]) -> ModelShape:
 # ----------------------------------------------------------------------------- hashing
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _encode_extra_key(key: Any) -> bytes:
     if isinstance(key, bool) or not isinstance(key, (str, bytes, numbers.Integral)):
         raise InvalidInputError(
@@ -217,7 +212,7 @@ def chain_block_hashes(tokens: Sequence[int], block_size: int, extra_keys: Seque
 
     ``hash[i] = blake2b(hash[i-1] || tokens of block i)`` with ``hash[-1] = root_hash(extra_keys)``.
     """
-    block_size = _positive_int("block_size", block_size)
+    block_size = integer_argument("block_size", block_size)
     packed = _token_array(tokens, "chain_block_hashes")
     parent = root_hash(extra_keys)
     hashes = []
@@ -295,8 +290,8 @@ class BlockPool:
         model: str | ModelShape | Mapping[str, Any] | None = None,
         storage: bool = False,
     ) -> None:
-        self.num_blocks = _positive_int("num_blocks", num_blocks)
-        self.block_size = _positive_int("block_size", block_size)
+        self.num_blocks = integer_argument("num_blocks", num_blocks)
+        self.block_size = integer_argument("block_size", block_size)
         self.model = None if model is None else resolve_model(model)
         if storage and self.model is None:
             raise InvalidInputError(
@@ -330,7 +325,7 @@ class BlockPool:
 
     def allocate(self, count: int) -> list[int]:
         """Take ``count`` free blocks, each with reference count 1."""
-        count = _positive_int("count", count, minimum=0)
+        count = integer_argument("count", count, minimum=0)
         free = self.free_list
         if count > len(free):
             raise CacheFullError(
@@ -459,7 +454,7 @@ class KVCache:
         self.num_blocks = self.pool.num_blocks
         self.block_size = self.pool.block_size
         self.enable_prefix_caching = bool(enable_prefix_caching)
-        self.token_budget = None if token_budget is None else _positive_int("token_budget", token_budget)
+        self.token_budget = None if token_budget is None else integer_argument("token_budget", token_budget)
         if isinstance(policy, str):
             policy = make_policy(policy, seed=seed)
         elif not isinstance(policy, EvictionPolicy):
@@ -529,7 +524,7 @@ class KVCache:
 
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold ``num_tokens`` tokens."""
-        return -(-_positive_int("num_tokens", num_tokens, 0) // self.block_size)
+        return -(-integer_argument("num_tokens", num_tokens, 0) // self.block_size)
 
     def can_allocate(self, num_tokens: int) -> bool:
         """Whether a new sequence of ``num_tokens`` tokens fits, counting no prefix hits."""
@@ -591,7 +586,7 @@ class KVCache:
         """
         self._check_new_id(seq_id)
         if isinstance(tokens, numbers.Integral) and not isinstance(tokens, bool):
-            num_tokens = _positive_int(f"sequence {seq_id!r}: token count", tokens, 0)
+            num_tokens = integer_argument(f"sequence {seq_id!r}: token count", tokens, 0)
             self._allocate(seq_id, [], 0, num_tokens, None, None)
             return 0
         packed = _token_array(tokens, f"sequence {seq_id!r}")
@@ -760,7 +755,7 @@ class KVCache:
         """
         sequence = self._live(seq_id, "append to")
         if isinstance(tokens, numbers.Integral) and not isinstance(tokens, bool):
-            count = _positive_int(f"sequence {seq_id!r}: appended token count", tokens, 0)
+            count = integer_argument(f"sequence {seq_id!r}: appended token count", tokens, 0)
             packed = None
         else:
             packed = _token_array(tokens, f"sequence {seq_id!r}")
@@ -874,7 +869,7 @@ class KVCache:
             raise InvalidInputError(
                 f"sequence {seq_id!r}: values must have shape (n, {width}), got {values.shape}."
             )
-        start = _positive_int("start", start, 0)
+        start = integer_argument("start", start, 0)
         stop = start + len(values)
         if stop > sequence.num_tokens:
             raise InvalidInputError(
@@ -908,8 +903,8 @@ class KVCache:
         storage = self._require_storage("read KV data")
         sequence = self._live(seq_id, "read")
         stop = sequence.num_tokens if stop is None else stop
-        start = _positive_int("start", start, 0)
-        stop = _positive_int("stop", stop, 0)
+        start = integer_argument("start", start, 0)
+        stop = integer_argument("stop", stop, 0)
         if not start <= stop <= sequence.num_tokens:
             raise InvalidInputError(
                 f"sequence {seq_id!r} holds {sequence.num_tokens} tokens; cannot read {start}..{stop}."
@@ -923,7 +918,7 @@ class KVCache:
 
     def evict_cached(self, count: int) -> int:
         """Drop up to ``count`` cached, unreferenced blocks to the free list; return how many."""
-        count = min(_positive_int("count", count, 0), len(self.policy))
+        count = min(integer_argument("count", count, 0), len(self.policy))
         if not count:
             return 0
         victims = self.policy.evict(count)

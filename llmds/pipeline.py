@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from llmds.bm25 import BM25Index
+from llmds.checks import integer_argument
 from llmds.cms import CountMinSketch
 from llmds.errors import InvalidInputError, NotAvailableError
 from llmds.fusion import (
@@ -162,16 +163,16 @@ class HotQueryCache:
         window: int | None = None,
         seed: int = 0,
     ) -> None:
-        self.capacity = _positive_int("capacity", capacity)
-        self.threshold = _positive_int("threshold", threshold)
+        self.capacity = integer_argument("capacity", capacity)
+        self.threshold = integer_argument("threshold", threshold)
         if not isinstance(compare_with_victim, bool):
             raise InvalidInputError(
                 f"compare_with_victim must be True or False, got {compare_with_victim!r}."
             )
         self.compare_with_victim = compare_with_victim
-        self.window = None if window is None else _positive_int("window", window)
+        self.window = None if window is None else integer_argument("window", window)
         if sketch is None:
-            seed = _positive_int("seed", seed, minimum=0)
+            seed = integer_argument("seed", seed, minimum=0)
             sketch = CountMinSketch(4096, 4, seed=seed, conservative=True)
         elif not isinstance(sketch, CountMinSketch):
             raise InvalidInputError(
@@ -326,7 +327,7 @@ class ExactDenseIndex:
     def __init__(self, dim: int, *, metric: str = "cosine") -> None:
         if metric not in METRICS:
             raise InvalidInputError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}.")
-        self.dim = _positive_int("dim", dim)
+        self.dim = integer_argument("dim", dim)
         self.metric = metric
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
         self._squared_norms = np.zeros(0, dtype=np.float32)
@@ -362,7 +363,7 @@ class ExactDenseIndex:
         vector = _as_vectors(query, self.dim, "query", self.metric)
         if vector.shape[0] != 1:
             raise InvalidInputError(f"query must be one vector of shape ({self.dim},).")
-        k = _positive_int("k", k)
+        k = integer_argument("k", k)
         products = self._vectors @ vector[0]
         if self.metric == "l2":
             distances = self._squared_norms - 2.0 * products + float(vector[0] @ vector[0])
@@ -490,11 +491,11 @@ class HybridRetriever:
         if rrf_k is not None:
             self.rrf_k = _check_rrf_k(rrf_k)
         if depth is not None:
-            self.depth = _positive_int("depth", depth)
+            self.depth = integer_argument("depth", depth)
         if normalisation is not None:
             self.normalisation = _check_normalisation(normalisation)
         if ef is not None:
-            self.ef = _positive_int("ef", ef)
+            self.ef = integer_argument("ef", ef)
         if self.cache is not None and self._doc_ids is not None:
             self.cache.invalidate()
         return self
@@ -598,7 +599,7 @@ class HybridRetriever:
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
         if type(k) is not int or k <= 0:
-            k = _positive_int("k", k)
+            k = integer_argument("k", k)
         uses_dense = mode != "sparse"
         query_vector = self._check_query(query_text, query_vector, uses_dense)
         checked = time.perf_counter_ns()
@@ -650,7 +651,7 @@ class HybridRetriever:
         """Both retrievers' top ``depth`` (default: the retriever's depth) for a query, before
         fusion. With :meth:`fuse`, this evaluates many fusion settings (an alpha sweep, say)
         from one retrieval per query. The cache is not consulted."""
-        depth = self.depth if depth is None else _positive_int("depth", depth)
+        depth = self.depth if depth is None else integer_argument("depth", depth)
         query_vector = self._check_query(query_text, query_vector, uses_dense=True)
         return self._retrieve(query_text, query_vector, depth, depth, dict.fromkeys(STAGES, 0))
 
@@ -673,7 +674,7 @@ class HybridRetriever:
             )
         docs, scores = self._fused_positions(
             candidates,
-            _positive_int("k", k),
+            integer_argument("k", k),
             self.fusion if fusion is None else _check_fusion(fusion),
             self.alpha if alpha is None else check_alpha(alpha),
             self.rrf_k if rrf_k is None else _check_rrf_k(rrf_k),
@@ -1008,13 +1009,3 @@ def _cache_key(query_text: str, query_vector: np.ndarray | None, k: int, mode: s
 
 def _answer_bytes(ids: list[str], scores: np.ndarray) -> int:
     return sys.getsizeof(tuple(ids)) + sum(map(sys.getsizeof, ids)) + scores.nbytes
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Integral)
-        or value < minimum
-    ):
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
