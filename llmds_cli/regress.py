@@ -62,8 +62,11 @@ def load(path: str | Path) -> RunFigures:
         figures = {}
         for bench in data.get("benchmarks", []):
             stats = bench["stats"]
-            figures[(bench["fullname"], "median_s")] = float(stats["median"])
-            figures[(bench["fullname"], "min_s")] = float(stats["min"])
+            name = bench["fullname"]
+            if bench.get("param") and "[" not in name:  # parametrised: small and large are two figures
+                name = f"{name}[{bench['param']}]"
+            figures[(name, "median_s")] = float(stats["median"])
+            figures[(name, "min_s")] = float(stats["min"])
         return RunFigures(folder, "bench", "pytest-benchmark",
                           {"machine": data.get("machine_info", {}).get("cpu", {}).get("brand_raw")}, figures)
     results, table = folder / "results.json", folder / "results.csv"
