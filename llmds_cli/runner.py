@@ -85,7 +85,9 @@ def execute_task(task: Task) -> TaskResult:
         records.append({"op": "memory", "structure_bytes": int(adapter.memory_bytes())})
         records.append({"op": "describe", **adapter.describe()})
         if task.options.trace_memory:
-            records.append({"op": "memory", "peak_build_bytes": _peak_build_bytes(adapter_cls, config, workload)})
+            build_peak, query_peak = _peak_bytes(adapter_cls, config, workload)
+            records.append({"op": "memory", "peak_build_bytes": build_peak})
+            records.append({"op": "memory", "peak_query_bytes": query_peak})
         result.records = list(_tag(records, config))
     except LlmdsError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
@@ -97,22 +99,28 @@ def execute_task(task: Task) -> TaskResult:
     return result
 
 
-def _peak_build_bytes(adapter_cls: type, config: Config, workload: Workload) -> int:
-    """Peak Python-heap bytes (tracemalloc) while building, in a separate untimed build.
+def _peak_bytes(adapter_cls: type, config: Config, workload: Workload) -> tuple[int, int]:
+    """Peak traced bytes (tracemalloc) while building, and above the built structure while
+    running the workload, in a separate untimed pass.
 
-    Tracing slows allocation, so it never overlaps the timed build. numpy registers its
-    buffers with tracemalloc, so arrays are counted.
+    Tracing slows allocation, so it never overlaps the timed pass. numpy registers its buffers
+    with tracemalloc, so arrays are counted; memory a compiled kernel allocates outside
+    Python's allocators is not (``llmds profile`` with ``--native`` sees it).
     """
     gc.collect()
     tracemalloc.start()
     try:
-        adapter = adapter_cls(config.as_dict())
+        adapter = adapter_cls(config.as_dict(), RunOptions(repeats=1, trace_memory=False))
         adapter.build(workload)
-        _, peak = tracemalloc.get_traced_memory()
+        held, build_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in adapter.run(workload):
+            pass
+        query_peak = tracemalloc.get_traced_memory()[1] - held
         adapter.close()
     finally:
         tracemalloc.stop()
-    return int(peak)
+    return int(build_peak), max(0, int(query_peak))
 
 
 class Executor(Protocol):

@@ -199,6 +199,7 @@ def finish_run(folder: RunFolder, meta: dict[str, Any]) -> FinishedRun:
     records = folder.records()
     context = folder.read_json("context.json")
     rows = module.summarize(records, context)
+    rows += memory_rows(records, rows)
     parity = [r for r in records if r.get("op") == "parity"]
     unavailable = [r for r in records if r.get("op") == "unavailable"]
     chart_paths = [str(p.relative_to(folder.path)) for p in module.charts(rows, records, context, folder.path)]
@@ -214,6 +215,29 @@ def finish_run(folder: RunFolder, meta: dict[str, Any]) -> FinishedRun:
     })
     folder.mark_latest()
     return FinishedRun(folder, rows, chart_paths, failures, parity)
+
+
+_MEMORY_FIGURES = {"structure_bytes": ("structure_mib", "build"), "peak_build_bytes": ("peak_build_mib", "build"),
+                   "peak_query_bytes": ("peak_query_mib", "search")}
+
+
+def memory_rows(records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runner's memory records as rows, for every component, where its summary has none.
+
+    Every configuration gets its structure's own bytes and the traced peaks of building and of
+    running the workload; a component that reports them under its own names keeps its rows.
+    """
+    from llmds_cli import metrics
+
+    present = {(r["config"], r["metric"]) for r in rows}
+    extra = []
+    for record in records:
+        if record.get("op") != "memory" or "config" not in record:
+            continue
+        for key, (metric, op) in _MEMORY_FIGURES.items():
+            if key in record and (record["config"], metric) not in present:
+                extra.append(metrics.row(record["impl"], record["config"], op, metric, record[key] / 2**20, "MiB"))
+    return extra
 
 
 def parity_failed(run: FinishedRun) -> bool:

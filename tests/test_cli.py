@@ -110,6 +110,8 @@ def test_bench_writes_a_complete_run_folder(bench_run):
     assert config.startswith("llmds(")
     assert 0.3 < figures["ndcg@10"] <= 1.0  # one relevant document per query; lexical match finds most
     assert figures["qps_batch"] > 0 and figures["bits_per_posting"] > 0
+    # memory: the structure's own bytes and traced peaks of build and queries, for every run
+    assert figures["structure_mib"] > 0 and figures["peak_build_mib"] > 0 and figures["peak_query_mib"] >= 0
 
 
 def test_report_redraws_from_raw_records(bench_run):

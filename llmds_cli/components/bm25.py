@@ -351,7 +351,8 @@ TABLE = (
     Column("build_s", "build s", "{:.2f}"),
     Column("index_mib", "index MiB", "{:.1f}"),
     Column("bits_per_posting", "bits/post", "{:.1f}"),
-    Column("peak_build_mib", "peak MiB", "{:.0f}"),
+    Column("peak_build_mib", "build peak MiB", "{:.0f}"),
+    Column("peak_query_mib", "query peak MiB", "{:.1f}"),
 )
 
 GOALS = (

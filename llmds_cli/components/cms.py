@@ -273,7 +273,8 @@ TABLE = (
     Column("bound_delta", "δ", "{:.3f}"),
     Column("hh_precision", "top-100 P", "{:.3f}"),
     Column("hh_recall", "top-100 R", "{:.3f}"),
-    Column("memory_kib", "KiB", "{:,.0f}"),
+    Column("memory_kib", "KiB", "{:,.0f}"),    Column("peak_build_mib", "build peak MiB", "{:.1f}"),
+    Column("peak_query_mib", "query peak MiB", "{:.1f}"),
 )
 GOALS = (
     Goal("batched updates of pre-hashed keys >= 10x DataSketches item by item", "updates_per_s_prehashed_untracked",

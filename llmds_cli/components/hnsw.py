@@ -393,6 +393,7 @@ TABLE = (
     Column("distances_per_query", "dist/query", "{:,.0f}"),
     Column("build_s", "build s", "{:.2f}"),
     Column("index_mib", "index MiB", "{:.1f}"),
+    Column("peak_query_mib", "query peak MiB", "{:.1f}"),
     Column("qps_at_recall_0.95", "q/s @R.95", "{:,.0f}"),
     Column("qps_at_recall_0.99", "q/s @R.99", "{:,.0f}"),
 )

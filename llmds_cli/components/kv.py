@@ -299,7 +299,8 @@ TABLE = (
     Column("memory_utilisation", "mem util"),
     Column("ops_per_s", "ops/s", "{:,.0f}"),
     Column("p50_ns", "p50 ns", "{:,.0f}"),
-    Column("p99_ns", "p99 ns", "{:,.0f}"),
+    Column("p99_ns", "p99 ns", "{:,.0f}"),    Column("peak_build_mib", "build peak MiB", "{:.1f}"),
+    Column("peak_query_mib", "query peak MiB", "{:.1f}"),
 )
 # vLLM's figures are quoted to 4 digits, so a hit rate within half a unit of the last digit
 # is equal to them, not below.

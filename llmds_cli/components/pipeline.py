@@ -256,7 +256,8 @@ TABLE = (
     Column("qps", "q/s", "{:,.0f}"),
     Column("latency_p50_us", "p50 µs", "{:,.0f}"),
     Column("latency_p99_us", "p99 µs", "{:,.0f}"),
-    Column("cache_hit_rate", "cache hits"),
+    Column("cache_hit_rate", "cache hits"),    Column("peak_build_mib", "build peak MiB", "{:.1f}"),
+    Column("peak_query_mib", "query peak MiB", "{:.1f}"),
 )
 GOALS = (
     Goal("hybrid nDCG@10 >= 0.725 with alpha picked on train (HNSW)", "ndcg@10@convex_hnsw", at_least=0.725,

@@ -222,7 +222,8 @@ TABLE = (
     Column("preemptions", "preempt", "{:,.0f}"),
     Column("max_queue_wait_s", "max wait s", "{:.1f}"),
     Column("sim_requests_per_s", "sim req/s", "{:,.0f}"),
-    Column("heap_ops_per_s", "heap ops/s", "{:,.0f}"),
+    Column("heap_ops_per_s", "heap ops/s", "{:,.0f}"),    Column("peak_build_mib", "build peak MiB", "{:.1f}"),
+    Column("peak_query_mib", "query peak MiB", "{:.1f}"),
 )
 GOALS = (
     Goal("Azure conversation trace simulates in < 10 s (slowest policy and load; full trace only with --full)",
