@@ -53,3 +53,16 @@ def row(impl: str, config: str, op: str, metric: str, value: float, unit: str = 
     """One tidy result row, the shape of results.csv."""
     return {"impl": impl, "config": config, "op": op, "metric": metric,
             "value": float(value), "unit": unit}
+
+
+def records_by_config(records: list[dict]) -> dict[str, list[dict]]:
+    """A run's measurement records grouped by configuration, in the order they ran.
+
+    Records that are not measurements of a configuration (failures, parity checks, peers
+    reported unavailable) are left out.
+    """
+    grouped: dict[str, list[dict]] = {}
+    for record in records:
+        if "config" in record and record.get("op") not in ("failed", "parity", "unavailable"):
+            grouped.setdefault(record["config"], []).append(record)
+    return grouped

@@ -371,10 +371,7 @@ HIGHER_IS_BETTER = {"ndcg@10": True, "recall@100": True, "qps_batch": True, "qps
 
 def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]]:
     qrels = context["qrels"]
-    by_config: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        if "config" in record:
-            by_config.setdefault(record["config"], []).append(record)
+    by_config = metrics.records_by_config(records)
     rows = []
     for config, recs in by_config.items():
         impl = recs[0]["impl"]

@@ -296,10 +296,7 @@ def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[di
     true_top_threshold = np.sort(counts)[-TOP] if len(counts) >= TOP else 0
     true_top = {k for k, c in zip(keys, counts) if c >= true_top_threshold}
     rows = []
-    by_config: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        if "config" in record and record["op"] != "failed":
-            by_config.setdefault(record["config"], []).append(record)
+    by_config = metrics.records_by_config(records)
     for config, recs in by_config.items():
         impl = recs[0]["impl"]
         add = lambda op, metric, value, unit="": rows.append(metrics.row(impl, config, op, metric, value, unit))  # noqa: E731

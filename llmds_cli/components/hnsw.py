@@ -412,10 +412,7 @@ def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[di
     exact = context["exact"]
     k = context["k"]
     rows = []
-    by_config: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        if "config" in record and record["op"] not in ("failed",):
-            by_config.setdefault(record["config"], []).append(record)
+    by_config = metrics.records_by_config(records)
     for config, recs in by_config.items():
         impl = recs[0]["impl"]
         build = {}

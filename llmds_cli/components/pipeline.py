@@ -275,10 +275,7 @@ def _mean_ndcg(records, qrels, variant, k=10):
 
 def summarize(records: list[dict[str, Any]], context: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    by_config: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        if "config" in r and r["op"] != "failed":
-            by_config.setdefault(r["config"], []).append(r)
+    by_config = metrics.records_by_config(records)
     for config, recs in by_config.items():
         impl = recs[0]["impl"]
         train = [r for r in recs if r["op"] == "quality" and r["split"] == "train"]
