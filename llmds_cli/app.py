@@ -29,8 +29,8 @@ class _Group(TyperGroup):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: finished configurations are kept in the run folder's raw.jsonl; "
-                       "no results.json was written for this run.", err=True)
+            typer.echo("interrupted: finished configurations are kept in the run folder's raw.jsonl "
+                       "(complete the run with --resume FOLDER); no results.json was written for it.", err=True)
             raise typer.Exit(130) from None
 
 
@@ -108,8 +108,21 @@ def show_env(as_json: JsonOpt = False) -> None:
     out.print(key_value_table("thread settings", threads))
 
 
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where configurations run: local (this process, one at a time) or dask (one task per configuration; needs pip install 'llmds[dask]').", rich_help_panel="Execution")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="--executor dask: start a local cluster of N single-threaded worker processes (default: one per core).", rich_help_panel="Execution")]
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="--executor dask: use an existing cluster, e.g. tcp://10.0.0.5:8786 (workers started with --nthreads 1).", rich_help_panel="Execution")]
+ShipOpt = Annotated[str, typer.Option("--ship", help="--executor dask: send the loaded dataset to every worker once (scatter), or let workers read it from shared storage (path).", rich_help_panel="Execution")]
+ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Complete an interrupted or partly failed run of the same sweep in this run folder: finished configurations are skipped.", rich_help_panel="Execution")]
+
+
+def _executor(kind: str, workers: int | None, scheduler: str | None, ship: str):
+    from llmds_cli.runner import make_executor
+
+    return make_executor(kind, workers, scheduler, ship)
+
+
 def _run_sweep(component: str, mode: str, dataset, data_dir, params, sweep, quick, seed, repeats,
-               results_dir, as_json: bool, impls: list[str] | None = None):
+               results_dir, as_json: bool, impls: list[str] | None = None, executor=None, resume=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llmds_cli import sweep as sweeps
@@ -120,21 +133,23 @@ def _run_sweep(component: str, mode: str, dataset, data_dir, params, sweep, quic
         component=component, mode=mode, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         params=sweeps.parse_params(component, params or []), sweep=sweep, quick=quick, seed=seed,
         impls=impls, options=RunOptions(repeats=repeats), results_dir=str(results_dir) if results_dir else None,
+        resume=str(resume) if resume else None,
     )
     module = registry.require_ready(component).load()
-    n_configs = len(module.configurations(mode, request.params, sweep, request.impls or
-                                          ["llmds", *[p.name for p in registry.get(component).peers
-                                                      if p.name in module.ADAPTERS]]))
     out = console(stderr=as_json)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=out, transient=False) as bar:
-        task = bar.add_task(f"{mode} {component}", total=n_configs, last="loading data")
+        task = bar.add_task(f"{mode} {component}", total=None, last="loading data")
+
+        def start(total: int, finished: int) -> None:
+            bar.update(task, total=total, completed=finished,
+                       last=f"{finished} already finished, resuming" if finished else "running")
 
         def advance(result):
             state = "failed" if result.error else f"{result.seconds:.1f}s"
             bar.update(task, advance=1, last=f"{result.config_id} {state}")
 
-        run = sweeps.execute(request, progress=advance)
+        run = sweeps.execute(request, executor=executor, progress=advance, on_start=start)
     if as_json:
         _print_json(run.folder.read_json("results.json"))
     else:
@@ -153,7 +168,17 @@ def _run_sweep(component: str, mode: str, dataset, data_dir, params, sweep, quic
         for path in run.charts:
             if path.endswith(".png"):
                 out.print(f"chart: {run.folder.path / path}")
+        out.print(_execution_line(run.folder.read_json("results.json").get("execution", {})))
     return run
+
+
+def _execution_line(execution: dict[str, Any]) -> str:
+    where = execution.get("executor", "local")
+    if where == "dask":
+        where = f"dask, {execution.get('workers')} workers ({execution.get('ship')})"
+    skipped = execution.get("skipped_finished", 0)
+    return (f"{execution.get('ran', 0)} configurations in {execution.get('wall_s', 0):.1f} s on {where}"
+            + (f"; {skipped} already finished were kept" if skipped else ""))
 
 
 def _targets(target: str) -> list[str]:
@@ -166,17 +191,33 @@ def _targets(target: str) -> list[str]:
     return [c.name for c in registry.COMPONENTS.values() if c.ready]
 
 
+def _check_resume(resume: Path | None, targets: list[str]) -> None:
+    if resume is not None and len(targets) != 1:
+        raise typer.BadParameter("--resume completes one component's run; name that component instead of `all`.")
+
+
 @app.command("bench")
 def bench(target: Annotated[str, typer.Argument(help="A component, or `all`.")],
           dataset: DatasetOpt = None, data_dir: DataDirOpt = None, param: ParamOpt = None,
           sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Sweep the component's parameters around the defaults.")] = True,
           quick: QuickOpt = False, seed: SeedOpt = 0, repeats: RepeatsOpt = 3,
-          results_dir: ResultsOpt = None, as_json: JsonOpt = False) -> None:
-    """Benchmark our implementation over a parameter sweep; writes a run folder and charts."""
+          results_dir: ResultsOpt = None, as_json: JsonOpt = False,
+          executor: ExecutorOpt = "local", workers: WorkersOpt = None, scheduler: SchedulerOpt = None,
+          ship: ShipOpt = "scatter", resume: ResumeOpt = None) -> None:
+    """Benchmark our implementation over a parameter sweep; writes a run folder and charts.
+
+    A parameter given as a list sweeps it: `-p M=8,16,32 -p ef_construction=100,200` runs all
+    six builds. With `--executor dask --workers N` the configurations run in parallel on N
+    single-threaded worker processes, with the same figures as a local run.
+    """
+    targets = _targets(target)
+    _check_resume(resume, targets)
     failed = False
-    for name in _targets(target):
-        run = _run_sweep(name, "bench", dataset, data_dir, param, sweep, quick, seed, repeats, results_dir, as_json)
-        failed = failed or bool(run.failures)
+    with _executor(executor, workers, scheduler, ship) as where:
+        for name in targets:
+            run = _run_sweep(name, "bench", dataset, data_dir, param, sweep, quick, seed, repeats, results_dir,
+                             as_json, executor=where, resume=resume)
+            failed = failed or bool(run.failures)
     if failed:
         raise typer.Exit(1)
 
@@ -192,7 +233,9 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
             memory_threshold: Annotated[float, typer.Option("--memory-threshold", help="--runs: relative growth that counts as a regression.")] = 0.05,
             quality_threshold: Annotated[float, typer.Option("--quality-threshold", help="--runs: absolute drop in recall/nDCG/hit rate that counts.")] = 0.005,
             force: Annotated[bool, typer.Option("--force", help="--runs: compare runs of different datasets or parameters.")] = False,
-            full: Annotated[bool, typer.Option("--full", help="`all`: every query and item (default for `all` is the quick profile).")] = False) -> None:
+            full: Annotated[bool, typer.Option("--full", help="`all`: every query and item (default for `all` is the quick profile).")] = False,
+            executor: ExecutorOpt = "local", workers: WorkersOpt = None, scheduler: SchedulerOpt = None,
+            ship: ShipOpt = "scatter", resume: ResumeOpt = None) -> None:
     """Run ours and every installed peer on the same data in the same run; check parity, report ratios.
 
     Exits 1 if a parity check fails (ours and a peer disagree where they must agree). `all`
@@ -208,16 +251,20 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
         return
     if target is None:
         raise typer.BadParameter("name a component (or `all`), or pass --runs A B.")
+    targets = _targets(target)
+    _check_resume(resume, targets)
     failed = False
     finished = []
-    for name in _targets(target):
-        chosen = dataset
-        if target == "all" and data_dir is not None and dataset is None:
-            chosen = sweeps.real_workload(name, data_dir)
-        run = _run_sweep(name, "compare", chosen, data_dir if chosen else None, param, False,
-                         quick or (target == "all" and not full), seed, repeats, results_dir, as_json, impl)
-        finished.append(run)
-        failed = failed or sweeps.parity_failed(run) or bool(run.failures)
+    with _executor(executor, workers, scheduler, ship) as where:
+        for name in targets:
+            chosen = dataset
+            if target == "all" and data_dir is not None and dataset is None:
+                chosen = sweeps.real_workload(name, data_dir)
+            run = _run_sweep(name, "compare", chosen, data_dir if chosen else None, param, False,
+                             quick or (target == "all" and not full), seed, repeats, results_dir, as_json, impl,
+                             executor=where, resume=resume)
+            finished.append(run)
+            failed = failed or sweeps.parity_failed(run) or bool(run.failures)
     if target == "all":
         from llmds_cli import report
         from llmds_cli.results import RunFolder

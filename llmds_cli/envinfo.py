@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import sys
@@ -66,3 +68,9 @@ def collect() -> dict[str, Any]:
         "packages": packages,
         "threads": {name: os.environ.get(name) for name in _THREAD_VARIABLES},
     }
+
+
+def fingerprint(env: dict[str, Any]) -> str:
+    """A short digest of an environment: equal fingerprints mean comparable timings."""
+    text = json.dumps(env, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -59,10 +59,10 @@ def records_by_config(records: list[dict]) -> dict[str, list[dict]]:
     """A run's measurement records grouped by configuration, in the order they ran.
 
     Records that are not measurements of a configuration (failures, parity checks, peers
-    reported unavailable) are left out.
+    reported unavailable, the runner's ``done`` marks) are left out.
     """
     grouped: dict[str, list[dict]] = {}
     for record in records:
-        if "config" in record and record.get("op") not in ("failed", "parity", "unavailable"):
+        if "config" in record and record.get("op") not in ("failed", "parity", "unavailable", "done"):
             grouped.setdefault(record["config"], []).append(record)
     return grouped

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmds.errors import NotAvailableError
+from llmds.errors import InvalidInputError, NotAvailableError
 from llmds_cli import envinfo, registry
 from llmds_cli.components.base import Adapter, RunOptions, Workload
 from llmds_cli.results import SCHEMA_VERSION, RunFolder
@@ -48,7 +48,12 @@ def profile_component(component: str, dataset: str | None, data_dir: str | None,
     spec = registry.require_ready(component)
     module = spec.load()
     # a component may profile a configuration other than its defaults (kv: storage on)
-    params = {**spec.defaults(), **getattr(module, "PROFILE_PARAMS", {}), **sweeps.parse_params(component, param_pairs)}
+    overrides = sweeps.parse_params(component, param_pairs)
+    grid = [name for name, value in overrides.items() if isinstance(value, list)]
+    if grid:
+        raise InvalidInputError(f"profile measures one configuration; give one value for {', '.join(grid)} "
+                                "(lists like NAME=1,2 are for bench and compare).")
+    params = {**spec.defaults(), **getattr(module, "PROFILE_PARAMS", {}), **overrides}
     request = sweeps.SweepRequest(component, "profile", dataset, data_dir, params, seed=seed)
     workload = load_workload(sweeps.workload_spec(request))
     options = RunOptions(repeats=1, trace_memory=False)

@@ -3,7 +3,8 @@
 Layout (DESIGN.md): ``results/<component>/<run-id>/`` with ``results.json`` (schema version,
 command line, parameters, dataset and checksum, seed, summary), ``results.csv`` (tidy rows),
 ``raw.jsonl`` (the raw records, one configuration's worth appended at a time), ``context.json``
-(the ground truth ``summarize`` needs), ``env.json`` and the charts. ``results.json`` is
+(the ground truth ``summarize`` needs), ``env.json`` (this machine and every worker that measured),
+``sweep.json`` (what the sweep was, for ``--resume``) and the charts. ``results.json`` is
 written last: a folder without it is an interrupted run, and ``LATEST`` only ever names
 complete runs.
 """
@@ -27,6 +28,7 @@ RESULTS = "results.json"
 RAW = "raw.jsonl"
 CONTEXT = "context.json"
 ENV = "env.json"
+SWEEP = "sweep.json"
 CSV = "results.csv"
 CSV_FIELDS = ("impl", "config", "op", "metric", "value", "unit")
 
@@ -147,6 +149,32 @@ class RunFolder:
                     # only the last line of an interrupted run can be cut short
                     raise DatasetError(f"{raw}:{number} is not valid JSON (interrupted write?).") from None
         return out
+
+    def keep_finished(self) -> set[str]:
+        """Prepare an interrupted or partly failed run for ``--resume``: keep the records of the
+        configurations that finished (their ``op="done"`` record says ``ok``) and the records that
+        belong to no configuration (parity checks); drop the rest, so that configurations that
+        were cut short or failed run again without leaving duplicates. Returns the finished ids.
+
+        Only the last line of ``raw.jsonl`` can be cut short (by a crash during an append); a
+        broken line elsewhere means the file was damaged, and is an error.
+        """
+        raw = self.path / RAW
+        lines = raw.read_text(encoding="utf-8").splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number != len(lines):
+                    raise DatasetError(f"{raw}:{number} is not valid JSON and is not the last line: the file was "
+                                       "damaged, so the run cannot be resumed; start a new run.") from None
+        finished = {r["config"] for r in records if r.get("op") == "done" and r.get("status") == "ok"}
+        kept = [r for r in records if "config" not in r or r["config"] in finished]
+        atomic_write_text(raw, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+        return finished
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)

@@ -1,23 +1,34 @@
 """``bench`` and ``compare``: turn a component's configurations into a finished run folder.
 
-The steps are the same for every component: load the workload once, run the configurations
-through an executor (records are appended to ``raw.jsonl`` as each finishes), then summarise
-the raw records, draw the charts and write ``results.json`` last. ``llmds report`` reuses
-:func:`finish_run` on a stored folder, so tables and charts can always be redrawn.
+The steps are the same for every component and every executor: plan the configurations (a
+grid such as ``-p M=8,16 -p ef_construction=100,200`` is expanded here), load the workload
+once, run the configurations through an executor (records are appended to ``raw.jsonl`` as
+each finishes), then summarise the raw records, draw the charts and write ``results.json``
+last. ``llmds report`` reuses :func:`finish_run` on a stored folder, so tables and charts can
+always be redrawn.
+
+A run folder also holds ``sweep.json``, what the sweep was (dataset checksum, configurations,
+measuring options). ``--resume FOLDER`` re-runs the same sweep into that folder: finished
+configurations are skipped, cut-short or failed ones run again, and a different sweep is
+refused rather than mixed in.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from llmds.errors import InvalidInputError
 from llmds_cli import envinfo, registry
-from llmds_cli.components.base import RunOptions, WorkloadSpec
-from llmds_cli.results import RAW, RESULTS, SCHEMA_VERSION, RunFolder, summary_table
-from llmds_cli.runner import Executor, LocalExecutor, Task, TaskResult, load_workload, run_tasks
+from llmds_cli.components.base import Config, RunOptions, WorkloadSpec
+from llmds_cli.results import ENV, RAW, RESULTS, SCHEMA_VERSION, SWEEP, RunFolder, summary_table
+from llmds_cli.runner import (
+    Executor, LocalExecutor, Task, TaskResult, done_record, load_workload, run_tasks,
+)
 
 
 @dataclass
@@ -33,6 +44,7 @@ class SweepRequest:
     impls: list[str] | None = None  # compare: which implementations (default: ours + every peer)
     options: RunOptions = RunOptions()
     results_dir: str | None = None
+    resume: str | None = None  # a run folder of the same sweep to complete
 
 
 @dataclass
@@ -45,7 +57,8 @@ class FinishedRun:
 
 
 def parse_params(component: str, pairs: list[str]) -> dict[str, Any]:
-    """``["k1=1.2", "method=bm25l"]`` → typed values, using each parameter's default's type."""
+    """``["k1=1.2", "method=bm25l", "b=0.4,0.75"]`` → typed values, using each parameter's
+    default's type; a comma-separated value becomes a list, one grid axis of the sweep."""
     spec = registry.get(component)
     parsed: dict[str, Any] = {}
     for pair in pairs:
@@ -53,8 +66,20 @@ def parse_params(component: str, pairs: list[str]) -> dict[str, Any]:
             raise InvalidInputError(f"--param expects NAME=VALUE, got {pair!r}.")
         name, text = pair.split("=", 1)
         default = spec.param(name.strip()).default
-        parsed[name.strip()] = _coerce(name, text.strip(), default)
+        values = [_coerce(name, part.strip(), default) for part in text.split(",")] if "," in text else None
+        parsed[name.strip()] = values if values is not None else _coerce(name, text.strip(), default)
     return parsed
+
+
+def grid_points(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the list-valued parameters (in the order given), others fixed."""
+    axes = [(name, value) for name, value in params.items() if isinstance(value, list)]
+    if not axes:
+        return [params]
+    points = []
+    for combination in itertools.product(*(values for _, values in axes)):
+        points.append({**params, **dict(zip((name for name, _ in axes), combination))})
+    return points
 
 
 def _coerce(name: str, text: str, default: Any) -> Any:
@@ -110,8 +135,18 @@ def real_workload(component: str, data_dir: str | Path) -> str | None:
     return None
 
 
-def execute(request: SweepRequest, executor: Executor | None = None, progress=None) -> FinishedRun:
-    """Run a bench or compare sweep end to end and return the finished run folder."""
+@dataclass
+class Plan:
+    """What a sweep will run: the workload and the configurations, in order."""
+
+    component: registry.Component
+    module: Any
+    spec: WorkloadSpec
+    impls: list[str]
+    configs: list[Config]
+
+
+def plan(request: SweepRequest) -> Plan:
     component = registry.require_ready(request.component)
     module = component.load()
     spec = workload_spec(request)
@@ -123,32 +158,118 @@ def execute(request: SweepRequest, executor: Executor | None = None, progress=No
                                     f"available: {', '.join(module.ADAPTERS)}.")
     else:
         impls = ["llmds"]
-    configs = module.configurations(request.mode, request.params, request.sweep, impls)
+    configs: dict[str, Config] = {}
+    for point in grid_points(request.params):
+        for config in module.configurations(request.mode, point, request.sweep, impls):
+            configs.setdefault(config.id, config)
+    return Plan(component, module, spec, impls, list(configs.values()))
+
+
+def _sweep_identity(request: SweepRequest, sweep_plan: Plan, checksum: str) -> dict[str, Any]:
+    """What makes two invocations the same sweep (stored as sweep.json, checked by --resume)."""
+    spec = sweep_plan.spec
+    return {"component": spec.component, "mode": request.mode, "dataset": spec.dataset, "seed": spec.seed,
+            "workload_options": dict(spec.options), "checksum": checksum,
+            "run_options": asdict(request.options), "configurations": [c.id for c in sweep_plan.configs]}
+
+
+def _resume_folder(path: str, identity: dict[str, Any]) -> tuple[RunFolder, set[str]]:
+    folder = RunFolder.open(path)
+    if not (folder.path / SWEEP).is_file():
+        raise InvalidInputError(f"{folder.path} has no {SWEEP}, so it cannot be resumed (a profile run, or one "
+                                "written by an older llmds); start a new run without --resume.")
+    stored = folder.read_json(SWEEP)
+    differences = [key for key in identity if stored.get(key) != identity[key]]
+    if differences:
+        shown = "; ".join(f"{key}: {_short(stored.get(key))} there, {_short(identity[key])} now" for key in differences)
+        raise InvalidInputError(f"--resume {folder.path} holds a different sweep ({shown}); repeat the command "
+                                "that started it, or run without --resume for a new folder.")
+    return folder, folder.keep_finished()
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Workers:
+    """Which processes measured the run: their host, pid, environment and how many configurations."""
+
+    def __init__(self, previous: list[dict[str, Any]] | None = None, envs: dict[str, Any] | None = None):
+        self.seen: dict[tuple[str, int], dict[str, Any]] = {(w["host"], w["pid"]): dict(w) for w in previous or []}
+        self.envs: dict[str, Any] = dict(envs or {})
+
+    def add(self, result: TaskResult) -> None:
+        worker = result.worker
+        if not worker:
+            return
+        entry = self.seen.setdefault((worker["host"], worker["pid"]), {
+            "host": worker["host"], "pid": worker["pid"], "env": worker["env_fingerprint"], "configurations": 0})
+        entry["configurations"] += 1
+        self.envs.setdefault(worker["env_fingerprint"], worker["env"])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"workers": list(self.seen.values()), "worker_envs": self.envs}
+
+
+def execute(request: SweepRequest, executor: Executor | None = None,
+            progress: Callable[[TaskResult], None] | None = None,
+            on_start: Callable[[int, int], None] | None = None) -> FinishedRun:
+    """Run a bench or compare sweep end to end and return the finished run folder.
+
+    ``on_start(total, already_finished)`` is called once the plan (and, with ``--resume``, the
+    finished configurations) is known; ``progress(result)`` after each configuration.
+    """
+    sweep_plan = plan(request)
+    component, module, spec, configs = sweep_plan.component, sweep_plan.module, sweep_plan.spec, sweep_plan.configs
     workload = load_workload(spec)  # fail fast on a missing dataset, before a folder exists
     verified = _verify_local_copy(spec)
     executor = executor or LocalExecutor()
-    folder = RunFolder.create(component.name, request.results_dir)
-    folder.write_json("env.json", {**envinfo.collect(), **executor.describe()})
+    identity = _sweep_identity(request, sweep_plan, workload.checksum)
+    if request.resume:
+        folder, finished = _resume_folder(request.resume, identity)
+        previous_env = folder.read_json(ENV) if (folder.path / ENV).is_file() else {}
+        (folder.path / RESULTS).unlink(missing_ok=True)  # in progress again until finish_run
+    else:
+        folder, finished, previous_env = RunFolder.create(component.name, request.results_dir), set(), {}
+        folder.write_json(SWEEP, identity)
+    workers = _Workers(previous_env.get("workers"), previous_env.get("worker_envs"))
+    client_env = {**envinfo.collect(), **executor.describe()}
+    folder.write_json(ENV, {**client_env, **workers.as_json()})
     folder.write_json("context.json", workload.context)
     failures: dict[str, str] = {}
     parity_records: list[dict[str, Any]] = []
     if request.mode == "compare" and hasattr(module, "parity"):
-        parity_records = module.parity(workload, request.params)
-        folder.append_records(parity_records)
-    tasks = [Task(spec, config, request.options) for config in configs]
+        parity_records = [r for r in folder.records() if r.get("op") == "parity"] if request.resume else []
+        if not parity_records:
+            parity_records = module.parity(workload, request.params)
+            folder.append_records(parity_records)
+    tasks = [Task(spec, config, request.options) for config in configs if config.id not in finished]
+    if on_start:
+        on_start(len(configs), len(configs) - len(tasks))
 
     def store(result: TaskResult) -> None:
-        if result.records:
-            folder.append_records(result.records)
+        records = list(result.records)
         if result.error:
             failures[result.config_id] = result.error
             impl = result.config_id.split("(", 1)[0]
-            folder.append_records([{"op": "failed", "impl": impl, "config": result.config_id, "error": result.error}])
+            records.append({"op": "failed", "impl": impl, "config": result.config_id, "error": result.error})
+        records.append(done_record(result))  # one append per configuration: all of it, or (cut short) none
+        folder.append_records(records)
+        workers.add(result)
         if progress:
             progress(result)
 
-    run_tasks(tasks, executor, store)
-    if failures and len(failures) == len(tasks):
+    started = time.perf_counter()
+    try:
+        run_tasks(tasks, workload, executor, store)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished configurations are kept in {folder.path}; complete the run with "
+              f"the same command and --resume {folder.path}", file=sys.stderr)
+        raise
+    wall = time.perf_counter() - started
+    folder.write_json(ENV, {**client_env, **workers.as_json()})
+    if tasks and failures and len(failures) == len(tasks) and not finished:
         # nothing was measured: say why, and leave no run folder that looks like a result
         import shutil
 
@@ -168,6 +289,8 @@ def execute(request: SweepRequest, executor: Executor | None = None, progress=No
                     "matches_manifest": verified},
         "configurations": [c.id for c in configs],
         "failures": failures,
+        "execution": {**executor.describe(), "ran": len(tasks), "skipped_finished": len(configs) - len(tasks),
+                      "wall_s": round(wall, 3)},
     }
     return finish_run(folder, meta)
 
@@ -196,7 +319,9 @@ def finish_run(folder: RunFolder, meta: dict[str, Any]) -> FinishedRun:
     """Summarise raw records, draw charts, write results.csv and (last) results.json."""
     component = registry.get(meta["component"])
     module = component.load()
-    records = folder.records()
+    # configuration order, whatever order they finished in, so every executor's run reads the same
+    order = {config: i for i, config in enumerate(meta.get("configurations", []))}
+    records = sorted(folder.records(), key=lambda r: order.get(r.get("config"), -1))
     context = folder.read_json("context.json")
     rows = module.summarize(records, context)
     rows += memory_rows(records, rows)
