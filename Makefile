@@ -14,7 +14,7 @@ help: ## Show the targets and what they do
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[refs,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[refs,dev,dask]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with llmds, the peer libraries and the test tools

@@ -59,6 +59,18 @@ def run_configuration(task: Task, workload: Workload | None, function: Callable[
     return result
 
 
+def scheduler_settings() -> dict[str, Any]:
+    """Dask settings of the clusters we start.
+
+    ``allowed-failures``: a task whose worker died ``ATTEMPTS`` times is given up on.
+    ``worker-saturation`` 1.0: a single-threaded worker holds exactly one task, the one it is
+    running, so when it dies only that configuration is blamed (with Dask's default of 1.1 a
+    queued innocent one would be counted too).
+    """
+    return {"distributed.scheduler.allowed-failures": ATTEMPTS - 1,
+            "distributed.scheduler.worker-saturation": 1.0}
+
+
 def require_distributed() -> None:
     if importlib.util.find_spec("distributed") is None:
         raise NotAvailableError(
@@ -76,7 +88,8 @@ class DaskExecutor:
         Start a ``LocalCluster`` of this many single-threaded worker processes on this machine.
     scheduler:
         Instead, connect to an existing cluster (``tcp://HOST:PORT``). Its workers must have one
-        thread each (``dask worker --nthreads 1``), or timings would overlap.
+        thread each (``dask worker --nthreads 1``), or timings would overlap; give its scheduler
+        :func:`scheduler_settings` to have failures handled as on a cluster we start.
     ship:
         How the dataset reaches workers: ``scatter`` or ``path`` (see the module docstring).
     function:
@@ -113,9 +126,9 @@ class DaskExecutor:
         import os
 
         count = workers or os.cpu_count() or 1
-        with dask.config.set({"distributed.scheduler.allowed-failures": ATTEMPTS - 1}):
+        with dask.config.set(scheduler_settings()):
             self.cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR)
+                                        dashboard_address=":0", silence_logs=logging.ERROR)
         client = Client(self.cluster)
         client.wait_for_workers(count)
         return client
@@ -132,33 +145,54 @@ class DaskExecutor:
             )
 
     def map(self, tasks: list[Task], workload: Workload) -> Iterator[TaskResult]:
+        from concurrent.futures import CancelledError
+
         from distributed import as_completed
 
-        payload = self.client.scatter(workload, broadcast=True, hash=False) if self.ship == "scatter" else None
-        run = uuid.uuid4().hex[:8]
-        futures = {}
-        for task in tasks:
-            future = self.client.submit(run_configuration, task, payload, self.function, retries=ATTEMPTS - 1,
-                                        pure=False, key=f"llmds-{run}-{task.config.id}")
-            futures[future] = task
+        self._workload = workload
+        self._payload, self._generation = None, 0
+        self._run = uuid.uuid4().hex[:8]
+        if self.ship == "scatter":
+            self._scatter()
+        pending = {self._submit(task, 0): (task, 0, self._generation) for task in tasks}
+        finished = as_completed(list(pending))
         try:
-            for future in as_completed(futures):
-                yield self._result(future, futures[future])
+            for future in finished:
+                task, lost, generation = pending.pop(future)
+                try:
+                    # waits if the result was lost with its worker before we fetched it
+                    yield future.result()
+                except ConfigurationFailed as exc:
+                    yield TaskResult(task.config.id, error=f"{exc.error} (failed on {ATTEMPTS} attempts)", worker=exc.worker)
+                except CancelledError:
+                    if lost >= ATTEMPTS:
+                        yield TaskResult(task.config.id, error="the dataset scattered to the workers was lost again "
+                                                               "and again with every worker that held it; try --ship path")
+                        continue
+                    # The scattered dataset died with every worker that held it (each killed
+                    # mid-task), which cancels the tasks that needed it: scatter it once more
+                    # and resubmit them. Bounded, so a sweep that keeps losing it still ends.
+                    if self.ship == "scatter" and generation == self._generation:
+                        self._scatter()
+                    retry = self._submit(task, lost + 1)
+                    pending[retry] = (task, lost + 1, self._generation)
+                    finished.add(retry)
+                except Exception as exc:  # KilledWorker: its worker died on every attempt
+                    yield TaskResult(task.config.id, error=f"{type(exc).__name__}: {exc}")
         finally:
-            for future in futures:
+            for future in pending:
                 future.cancel()
-            if payload is not None:
-                payload.release()
+            if self._payload is not None:
+                self._payload.release()
+            self._payload = self._workload = None
 
-    @staticmethod
-    def _result(future, task: Task) -> TaskResult:
-        if future.status == "finished":
-            return future.result()
-        exc = future.exception()
-        if isinstance(exc, ConfigurationFailed):
-            return TaskResult(task.config.id, error=f"{exc.error} (failed on {ATTEMPTS} attempts)", worker=exc.worker)
-        # KilledWorker: the configuration's worker died on each attempt
-        return TaskResult(task.config.id, error=f"{type(exc).__name__}: {exc}")
+    def _scatter(self) -> None:
+        self._payload = self.client.scatter(self._workload, broadcast=True, hash=False)
+        self._generation += 1
+
+    def _submit(self, task: Task, attempt: int):
+        return self.client.submit(run_configuration, task, self._payload, self.function, retries=ATTEMPTS - 1,
+                                  pure=False, key=f"llmds-{self._run}-{attempt}-{task.config.id}")
 
     def describe(self) -> dict[str, Any]:
         workers = self.client.scheduler_info()["workers"]
