@@ -4,20 +4,27 @@ existing cluster named by its scheduler address.
 Only *where* a configuration runs changes: each configuration is one Dask task calling the
 same :func:`llmds_cli.runner.execute_task` the local executor calls, and the client writes the
 records into the run folder as results arrive (:mod:`llmds_cli.sweep`). Timing stays honest
-because every worker has one thread, so it runs one configuration at a time.
+because every worker has one thread and is given one configuration at a time.
 
-Failures. A configuration that raises is retried once on another attempt (``retries=1``); a
-worker process that dies while running one has it rescheduled, and the scheduler gives up
-after the second death (``distributed.scheduler.allowed-failures = 1`` on clusters we start).
-Either way a configuration that fails twice comes back as a failed :class:`TaskResult` with
-its error, and the rest of the sweep carries on.
+Placement. The client hands each configuration to one idle single-threaded worker (a worker
+restriction) and the next one only when that worker is free again, so a worker never holds a
+queued configuration behind the one it runs. That is what makes failures attributable: Dask's
+own accounting blames every task a dying worker holds, queued or running (and its queuing,
+which would avoid that, is a heuristic that small sweeps do not trigger).
+
+Failures. A configuration that raises is retried once (Dask's ``retries=1``) and then recorded
+as failed with its error. A configuration whose worker process dies under it (a crash, the OOM
+killer, ``kill -9``) is run again on another worker; if its worker dies a second time it is
+recorded as failed. Either way the rest of the sweep carries on, and what finished is already
+in the run folder.
 
 Datasets reach workers in one of two ways (``ship``):
 
 ``scatter`` (default)
     The client, which has already loaded the dataset and computed its ground truth (exact
     neighbours, relevance judgements), sends the loaded workload to every worker once
-    (``Client.scatter(..., broadcast=True)``); tasks refer to that copy.
+    (``Client.scatter(..., broadcast=True)``); tasks refer to that copy, and a worker that
+    joins later fetches it from a peer. If every worker holding it dies, it is scattered again.
 ``path``
     Tasks carry only the dataset's name and folder; each worker process loads it once from
     shared storage. Ground truth the client computed is read from the shared dataset cache
@@ -28,7 +35,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import time
 import uuid
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from llmds.errors import InvalidInputError, NotAvailableError
@@ -37,6 +48,13 @@ from llmds_cli.runner import Task, TaskResult, execute_task
 
 SHIP_MODES = ("scatter", "path")
 ATTEMPTS = 2  # a configuration is recorded as failed after its second failed attempt
+POLL_S = 0.5  # how often the client looks for finished configurations and departed workers
+NO_WORKERS_S = 120.0  # give up on the remaining configurations after this long with no worker
+RESULT_TIMEOUT_S = 60.0  # a finished configuration's records are small; longer means they were lost
+# Dask's statistical profiler interrupts the running task every 10 ms to walk its stack while
+# holding the GIL: work inside the timed region that a local run does not do, so the workers we
+# start run without it (an existing cluster's setting is recorded in the run's execution block).
+WORKER_SETTINGS = {"distributed.worker.profile.enabled": False}
 
 
 class ConfigurationFailed(Exception):
@@ -59,16 +77,11 @@ def run_configuration(task: Task, workload: Workload | None, function: Callable[
     return result
 
 
-def scheduler_settings() -> dict[str, Any]:
-    """Dask settings of the clusters we start.
+def _profiler_enabled() -> bool:
+    """Runs on a worker: is Dask's statistical profiler sampling its tasks (see WORKER_SETTINGS)?"""
+    import dask
 
-    ``allowed-failures``: a task whose worker died ``ATTEMPTS`` times is given up on.
-    ``worker-saturation`` 1.0: a single-threaded worker holds exactly one task, the one it is
-    running, so when it dies only that configuration is blamed (with Dask's default of 1.1 a
-    queued innocent one would be counted too).
-    """
-    return {"distributed.scheduler.allowed-failures": ATTEMPTS - 1,
-            "distributed.scheduler.worker-saturation": 1.0}
+    return bool(dask.config.get("distributed.worker.profile.enabled", True))
 
 
 def require_distributed() -> None:
@@ -77,6 +90,17 @@ def require_distributed() -> None:
             "--executor dask needs Dask distributed, an optional extra: pip install 'llmds[dask]' "
             "(or pip install 'dask[distributed]')."
         )
+
+
+@dataclass
+class _Attempt:
+    """One configuration handed to one worker."""
+
+    task: Task
+    address: str
+    deaths: int  # how many workers died under this configuration before this attempt
+    lost_data: int  # how many times the scattered dataset was lost before this attempt
+    generation: int  # which scatter of the dataset the attempt refers to
 
 
 class DaskExecutor:
@@ -88,8 +112,7 @@ class DaskExecutor:
         Start a ``LocalCluster`` of this many single-threaded worker processes on this machine.
     scheduler:
         Instead, connect to an existing cluster (``tcp://HOST:PORT``). Its workers must have one
-        thread each (``dask worker --nthreads 1``), or timings would overlap; give its scheduler
-        :func:`scheduler_settings` to have failures handled as on a cluster we start.
+        thread each (``dask worker ADDRESS --nthreads 1``), or timings would overlap.
     ship:
         How the dataset reaches workers: ``scatter`` or ``path`` (see the module docstring).
     function:
@@ -109,10 +132,10 @@ class DaskExecutor:
         self.ship = ship
         self.function = function
         self.cluster = None
+        self._generation = 0  # how many times the dataset was scattered (more than once: it was lost)
         self.client = self._connect(workers, scheduler)
 
     def _connect(self, workers: int | None, scheduler: str | None):
-        import dask
         from distributed import Client, LocalCluster
 
         if scheduler is not None:
@@ -123,10 +146,11 @@ class DaskExecutor:
                                         "check the address, or use --workers N for a local cluster.") from None
             self._check_single_threaded(client)
             return client
-        import os
+        import dask
 
         count = workers or os.cpu_count() or 1
-        with dask.config.set(scheduler_settings()):
+        # the nannies hand this configuration to the worker processes they start
+        with dask.config.set(WORKER_SETTINGS):
             self.cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
                                         dashboard_address=":0", silence_logs=logging.ERROR)
         client = Client(self.cluster)
@@ -134,72 +158,140 @@ class DaskExecutor:
         return client
 
     def _check_single_threaded(self, client) -> None:
-        workers = client.scheduler_info()["workers"]
-        if not workers:
+        nthreads = client.nthreads()
+        if not nthreads:
+            client.close()
             raise InvalidInputError("the Dask cluster has no workers yet; start some (dask worker ADDRESS --nthreads 1).")
-        threaded = [address for address, info in workers.items() if info.get("nthreads", 1) != 1]
+        threaded = [address for address, n in nthreads.items() if n != 1]
         if threaded:
+            client.close()
             raise InvalidInputError(
                 f"Dask workers {', '.join(threaded)} run several threads, so configurations would share "
                 "cores and their timings overlap; start workers with `dask worker ADDRESS --nthreads 1`."
             )
 
-    def map(self, tasks: list[Task], workload: Workload) -> Iterator[TaskResult]:
-        from concurrent.futures import CancelledError
+    def _workers(self) -> list[str]:
+        """Addresses of the live single-threaded workers (a multi-threaded one that joins later is never used)."""
+        return sorted(address for address, n in self.client.nthreads().items() if n == 1)
 
-        from distributed import as_completed
+    def map(self, tasks: list[Task], workload: Workload) -> Iterator[TaskResult]:
+        import queue as queues
 
         self._workload = workload
         self._payload, self._generation = None, 0
         self._run = uuid.uuid4().hex[:8]
+        self._submitted = 0
+        self._wake: queues.SimpleQueue = queues.SimpleQueue()  # done callbacks (a Dask thread) put here
         if self.ship == "scatter":
             self._scatter()
-        pending = {self._submit(task, 0): (task, 0, self._generation) for task in tasks}
-        finished = as_completed(list(pending))
+        waiting: deque[_Attempt] = deque(_Attempt(task, "", 0, 0, 0) for task in tasks)
+        running: dict[Any, _Attempt] = {}
+        no_worker_since: float | None = None
+        workers = self._workers()
         try:
-            for future in finished:
-                task, lost, generation = pending.pop(future)
-                try:
-                    # waits if the result was lost with its worker before we fetched it
-                    yield future.result()
-                except ConfigurationFailed as exc:
-                    yield TaskResult(task.config.id, error=f"{exc.error} (failed on {ATTEMPTS} attempts)", worker=exc.worker)
-                except CancelledError:
-                    if lost >= ATTEMPTS:
-                        yield TaskResult(task.config.id, error="the dataset scattered to the workers was lost again "
-                                                               "and again with every worker that held it; try --ship path")
-                        continue
-                    # The scattered dataset died with every worker that held it (each killed
-                    # mid-task), which cancels the tasks that needed it: scatter it once more
-                    # and resubmit them. Bounded, so a sweep that keeps losing it still ends.
-                    if self.ship == "scatter" and generation == self._generation:
-                        self._scatter()
-                    retry = self._submit(task, lost + 1)
-                    pending[retry] = (task, lost + 1, self._generation)
-                    finished.add(retry)
-                except Exception as exc:  # KilledWorker: its worker died on every attempt
-                    yield TaskResult(task.config.id, error=f"{type(exc).__name__}: {exc}")
+            while waiting or running:
+                if waiting and not workers and not running:
+                    no_worker_since = no_worker_since or time.monotonic()
+                    if time.monotonic() - no_worker_since > NO_WORKERS_S:
+                        while waiting:
+                            yield TaskResult(waiting.popleft().task.config.id,
+                                             error=f"the Dask cluster had no single-threaded worker for {NO_WORKERS_S:.0f} s")
+                        break
+                else:
+                    no_worker_since = None
+                busy = {attempt.address for attempt in running.values()}
+                idle = [address for address in workers if address not in busy][:len(waiting)]
+                if idle and self.ship == "scatter" and self._payload.status != "finished":
+                    self._scatter()  # every worker that held the dataset died
+                for address in idle:
+                    attempt = waiting.popleft()
+                    running[self._submit(attempt, address)] = attempt
+                try:  # until a configuration finishes, or POLL_S to look for departed workers
+                    self._wake.get(timeout=POLL_S)
+                except queues.Empty:
+                    pass
+                workers = self._workers()
+                for future, attempt in list(running.items()):
+                    if future.done() or attempt.address not in workers:
+                        del running[future]
+                        yield from self._settle(future, attempt, waiting)
         finally:
-            for future in pending:
+            for future in running:
                 future.cancel()
             if self._payload is not None:
                 self._payload.release()
             self._payload = self._workload = None
 
+    def _settle(self, future, attempt: _Attempt, queue: deque[_Attempt]) -> Iterator[TaskResult]:
+        """What became of one attempt: a result, a failure, or a place back in the queue."""
+        from concurrent.futures import CancelledError
+
+        from distributed import KilledWorker
+
+        config = attempt.task.config.id
+        died = not future.done() or (future.status == "error" and isinstance(future.exception(), KilledWorker))
+        if not died:
+            try:
+                result = future.result(timeout=RESULT_TIMEOUT_S)
+            except TimeoutError:  # finished, but the result was lost with its worker before we fetched it
+                died = True
+            except ConfigurationFailed as exc:
+                yield TaskResult(config, error=f"{exc.error} (failed on {ATTEMPTS} attempts)", worker=exc.worker)
+                return
+            except CancelledError:
+                yield from self._lost_dataset(attempt, queue)
+                return
+            except Exception as exc:  # noqa: BLE001 - anything else Dask reports ends this configuration
+                yield TaskResult(config, error=f"{type(exc).__name__}: {exc}")
+                return
+        if died:  # its worker died under it (the scheduler may or may not have said so yet)
+            future.cancel()
+            deaths = attempt.deaths + 1
+            if deaths >= ATTEMPTS:
+                yield TaskResult(config, error=f"WorkerDied: the worker process running it died on each of "
+                                               f"{ATTEMPTS} attempts (last {attempt.address})")
+            else:
+                queue.appendleft(_Attempt(attempt.task, "", deaths, attempt.lost_data, self._generation))
+            return
+        yield result
+
+    def _lost_dataset(self, attempt: _Attempt, queue: deque[_Attempt]) -> Iterator[TaskResult]:
+        """The scattered dataset died with every worker that held it, which cancels the tasks
+        that needed it: scatter it once more and queue them again. Bounded, so a sweep that
+        keeps losing it still ends."""
+        lost = attempt.lost_data + 1
+        if lost > ATTEMPTS:
+            yield TaskResult(attempt.task.config.id, error="the dataset scattered to the workers was lost again "
+                                                          "and again with every worker that held it; try --ship path")
+            return
+        if self.ship == "scatter" and attempt.generation == self._generation:
+            self._scatter()
+        queue.appendleft(_Attempt(attempt.task, "", attempt.deaths, lost, self._generation))
+
     def _scatter(self) -> None:
+        if self._payload is not None:
+            self._payload.release()
         self._payload = self.client.scatter(self._workload, broadcast=True, hash=False)
         self._generation += 1
 
-    def _submit(self, task: Task, attempt: int):
-        return self.client.submit(run_configuration, task, self._payload, self.function, retries=ATTEMPTS - 1,
-                                  pure=False, key=f"llmds-{self._run}-{attempt}-{task.config.id}")
+    def _submit(self, attempt: _Attempt, address: str):
+        attempt.address, attempt.generation = address, self._generation
+        self._submitted += 1
+        future = self.client.submit(run_configuration, attempt.task, self._payload, self.function,
+                                    retries=ATTEMPTS - 1, pure=False, workers=[address], allow_other_workers=False,
+                                    key=f"llmds-{self._run}-{self._submitted}-{attempt.task.config.id}")
+        future.add_done_callback(self._wake.put)
+        return future
 
     def describe(self) -> dict[str, Any]:
-        workers = self.client.scheduler_info()["workers"]
+        nthreads = self.client.nthreads()
+        profiling = self.client.run(_profiler_enabled)
         return {"executor": "dask", "scheduler": self.client.scheduler.address,
-                "local_cluster": self.cluster is not None, "workers": len(workers),
-                "threads_per_worker": sorted({info.get("nthreads") for info in workers.values()}),
-                "ship": self.ship, "attempts": ATTEMPTS}
+                "local_cluster": self.cluster is not None, "workers": len(nthreads),
+                "threads_per_worker": sorted(set(nthreads.values())),
+                "workers_profiling": sorted(address for address, on in profiling.items() if on),
+                "ship": self.ship, "attempts": ATTEMPTS,
+                **({"dataset_scatters": self._generation} if self.ship == "scatter" else {})}
 
     def close(self) -> None:
         self.client.close()

@@ -13,14 +13,13 @@ import pytest
 
 pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'llmds[dask]')")
 
-import dask  # noqa: E402
 from distributed import LocalCluster  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from llmds_cli import sweep as sweeps  # noqa: E402
 from llmds_cli.app import app  # noqa: E402
 from llmds_cli.components.base import RunOptions  # noqa: E402
-from llmds_cli.dask_executor import ATTEMPTS, DaskExecutor, scheduler_settings  # noqa: E402
+from llmds_cli.dask_executor import ATTEMPTS, DaskExecutor  # noqa: E402
 from llmds_cli.results import RunFolder  # noqa: E402
 from llmds_cli.runner import LocalExecutor, execute_task  # noqa: E402
 
@@ -29,11 +28,11 @@ from test_execution import measured_figures  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two worker processes with one thread each, set up as the clusters llmds starts."""
-    with dask.config.set(scheduler_settings()):
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=50) as local:
-            yield local
+    """Two worker processes with one thread each, with Dask's default settings (as on a cluster
+    someone else started: llmds must not rely on scheduler options of its own)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=50) as local:
+        yield local
 
 
 def cms_request(results_dir: Path, epsilons: str = "0.001,0.002,0.004", **extra) -> sweeps.SweepRequest:
@@ -60,6 +59,7 @@ def test_dask_gives_the_local_figures_configuration_by_configuration(cluster, lo
     meta = run.folder.read_json("results.json")
     assert meta["execution"]["executor"] == "dask" and meta["execution"]["ran"] == 6
     assert meta["execution"]["threads_per_worker"] == [1] and meta["execution"]["ship"] == ship
+    assert len(meta["execution"]["workers_profiling"]) == 2  # a cluster with Dask's defaults: reported
     env = run.folder.read_json("env.json")
     assert env["executor"] == "dask"
     assert sum(w["configurations"] for w in env["workers"]) == 6
@@ -108,7 +108,7 @@ def test_a_configuration_whose_worker_dies_twice_is_recorded_as_failed(cluster, 
     function = functools.partial(always_die, victim=victim)
     with DaskExecutor(scheduler=cluster.scheduler_address, function=function) as executor:
         run = sweeps.execute(cms_request(tmp_path), executor)
-    assert list(run.failures) == [victim] and "KilledWorker" in run.failures[victim], run.failures
+    assert list(run.failures) == [victim] and "worker process running it died" in run.failures[victim], run.failures
     failed = [r for r in run.folder.records() if r["op"] == "failed"]
     assert [r["config"] for r in failed] == [victim]
     assert len(summary(run)) == len(summary(local_run)) - 1  # the other five are all there
@@ -148,6 +148,7 @@ def test_cli_starts_its_own_local_cluster(results_dir):
     assert result.exit_code == 0, result.output
     meta = json.loads(result.stdout)
     assert meta["execution"]["local_cluster"] is True and meta["execution"]["workers"] == 2
+    assert meta["execution"]["workers_profiling"] == []  # Dask's sampler is off on the workers we start
     assert RunFolder.open(results_dir / "cms").complete
 
 
@@ -155,3 +156,13 @@ def test_an_unreachable_scheduler_is_a_clear_error(results_dir):
     result = CliRunner().invoke(app, ["bench", "cms", "--quick", "--executor", "dask",
                                       "--scheduler", "tcp://127.0.0.1:1"])
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
+
+
+def test_a_cluster_of_multi_threaded_workers_is_refused():
+    """Two configurations on one two-thread worker would share its cores and overlap their timings."""
+    from llmds.errors import InvalidInputError
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0",
+                      silence_logs=50) as threaded:
+        with pytest.raises(InvalidInputError, match="--nthreads 1"):
+            DaskExecutor(scheduler=threaded.scheduler_address)
