@@ -136,18 +136,26 @@ class RunFolder:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def records(self) -> list[dict[str, Any]]:
-        out = []
+    def records(self, *, cut_last_line_ok: bool = False) -> list[dict[str, Any]]:
+        """The raw records, in the order they were written.
+
+        Only the last line can be cut short (a crash during an append). Reading a run's results
+        treats that as an error; ``--resume`` (``cut_last_line_ok``) drops it, as that
+        configuration runs again. A broken line anywhere else means the file was damaged.
+        """
         raw = self.path / RAW
-        with open(raw, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
+        lines = raw.read_text(encoding="utf-8").splitlines()
+        out = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines) and cut_last_line_ok:
                     continue
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    # only the last line of an interrupted run can be cut short
-                    raise DatasetError(f"{raw}:{number} is not valid JSON (interrupted write?).") from None
+                damage = "interrupted write?" if number == len(lines) else "the file was damaged; start a new run"
+                raise DatasetError(f"{raw}:{number} is not valid JSON ({damage}).") from None
         return out
 
     def keep_finished(self) -> set[str]:
@@ -155,25 +163,11 @@ class RunFolder:
         configurations that finished (their ``op="done"`` record says ``ok``) and the records that
         belong to no configuration (parity checks); drop the rest, so that configurations that
         were cut short or failed run again without leaving duplicates. Returns the finished ids.
-
-        Only the last line of ``raw.jsonl`` can be cut short (by a crash during an append); a
-        broken line elsewhere means the file was damaged, and is an error.
         """
-        raw = self.path / RAW
-        lines = raw.read_text(encoding="utf-8").splitlines()
-        records = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number != len(lines):
-                    raise DatasetError(f"{raw}:{number} is not valid JSON and is not the last line: the file was "
-                                       "damaged, so the run cannot be resumed; start a new run.") from None
+        records = self.records(cut_last_line_ok=True)
         finished = {r["config"] for r in records if r.get("op") == "done" and r.get("status") == "ok"}
         kept = [r for r in records if "config" not in r or r["config"] in finished]
-        atomic_write_text(raw, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+        atomic_write_text(self.path / RAW, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
         return finished
 
     def write_json(self, name: str, obj: Any) -> None:

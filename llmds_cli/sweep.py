@@ -27,7 +27,7 @@ from llmds_cli import envinfo, registry
 from llmds_cli.components.base import Config, RunOptions, WorkloadSpec
 from llmds_cli.results import ENV, RAW, RESULTS, SCHEMA_VERSION, SWEEP, RunFolder, summary_table
 from llmds_cli.runner import (
-    Executor, LocalExecutor, Task, TaskResult, done_record, load_workload, run_tasks,
+    Executor, LocalExecutor, Task, TaskResult, done_record, load_workload, run_tasks, worker_identity,
 )
 
 
@@ -116,7 +116,9 @@ def workload_spec(request: SweepRequest) -> WorkloadSpec:
             f"{component.name} does not run on dataset {dataset!r}; it accepts: {', '.join(component.workloads)}."
         )
     options = {"queries": 100} if request.quick else {}
-    return WorkloadSpec(component.name, dataset, request.data_dir, request.seed, tuple(sorted(options.items())))
+    # absolute, so that a worker process started elsewhere (--ship path) finds the same folder
+    data_dir = str(Path(request.data_dir).resolve()) if request.data_dir else None
+    return WorkloadSpec(component.name, dataset, data_dir, request.seed, tuple(sorted(options.items())))
 
 
 def real_workload(component: str, data_dir: str | Path) -> str | None:
@@ -242,9 +244,17 @@ def execute(request: SweepRequest, executor: Executor | None = None,
     if request.mode == "compare" and hasattr(module, "parity"):
         parity_records = [r for r in folder.records() if r.get("op") == "parity"] if request.resume else []
         if not parity_records:
-            parity_records = module.parity(workload, request.params)
+            here = worker_identity()  # parity is checked in this process, at every point of a grid
+            points = grid_points(request.params)
+            axes = [name for name, value in request.params.items() if isinstance(value, list)]
+            for point in points:
+                where = {"host": here["host"], "env": here["env_fingerprint"],
+                         **({"point": {name: point[name] for name in axes}} if axes else {})}
+                parity_records += [{**r, **where} for r in module.parity(workload, point)]
             folder.append_records(parity_records)
     tasks = [Task(spec, config, request.options) for config in configs if config.id not in finished]
+    if hasattr(module, "relative_cost"):  # costliest first: parallel workers then finish together
+        tasks.sort(key=lambda task: -module.relative_cost(task.config))
     if on_start:
         on_start(len(configs), len(configs) - len(tasks))
 

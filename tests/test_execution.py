@@ -150,7 +150,7 @@ def test_resume_refuses_a_damaged_record_file(finished_cms_run):
     lines[2] = lines[2][:10]
     (folder / "raw.jsonl").write_text("\n".join(lines) + "\n")
     result = invoke(*CMS_SWEEP, *RESUMABLE, "--resume", str(folder))
-    assert result.exit_code == 2 and "damaged" in result.output
+    assert result.exit_code == 2 and "damaged" in result.output and ":3 " in result.output
 
 
 def test_resume_needs_a_run_folder_of_a_sweep(tmp_path, results_dir):
@@ -194,3 +194,14 @@ def test_dask_without_the_extra_names_the_extra(monkeypatch, results_dir):
     result = invoke(*CMS_SWEEP, "--executor", "dask", "--workers", "2")
     assert result.exit_code != 0 and "pip install 'llmds[dask]'" in result.output
     assert not results_dir.exists() or not any(results_dir.rglob("raw.jsonl"))
+
+
+def test_compare_checks_parity_at_every_point_of_a_grid(results_dir):
+    pytest.importorskip("bm25s")
+    result = invoke("compare", "bm25", "--quick", "--repeats", "1", "--impl", "llmds", "--impl", "bm25s",
+                    "-p", "k1=1.2,1.5", "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    checked = [r for r in meta["parity"] if r["impl"] == "bm25s"]
+    assert [r["point"] for r in checked] == [{"k1": 1.2}, {"k1": 1.5}] and all(r["passed"] for r in checked)
+    assert len(meta["configurations"]) == 4  # ours and bm25s, at each k1

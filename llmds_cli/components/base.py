@@ -17,7 +17,10 @@ A component module ``llmds_cli/components/<name>.py`` defines:
 ``charts(rows, records, context, folder) -> list[Path]``
     Writes the component's charts (PNG and SVG) into the run folder.
 and optionally ``parity(workload) -> list[dict]``: records of ``op="parity"`` checking that ours
-and a peer compute the same thing before any ratio is reported (DESIGN.md, "Measuring honestly").
+and a peer compute the same thing before any ratio is reported (DESIGN.md, "Measuring honestly"),
+and ``relative_cost(config) -> float``: a rough guess of how long a configuration takes next to
+the others of its sweep. Executors start the costliest first, so that parallel workers finish
+together instead of one running the longest configuration alone at the end.
 
 Adapters follow one life cycle, in the manner of ann-benchmarks: ``warmup`` (compile, untimed
 for build/query figures, timed apart) → ``build`` → ``run`` yielding raw records →

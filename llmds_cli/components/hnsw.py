@@ -385,6 +385,12 @@ def configurations(mode: str, params: dict[str, Any], sweep: bool, impls: list[s
     return [Config.of("llmds", b) for b in builds]
 
 
+def relative_cost(config: Config) -> float:
+    """Building dominates a configuration; its work grows with M x ef_construction."""
+    params = config.as_dict()
+    return float(params.get("M", 16) * params.get("ef_construction", 200))
+
+
 TABLE = (
     Column("recall@10", "recall@10"),
     Column("qps_single", "q/s single", "{:,.0f}"),
