@@ -108,7 +108,7 @@ def show_env(as_json: JsonOpt = False) -> None:
     out.print(key_value_table("thread settings", threads))
 
 
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where configurations run: local (this process, one at a time) or dask (one task per configuration; needs pip install 'llmds[dask]').", rich_help_panel="Execution")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where configurations run: local (this process, one at a time) or dask (one task per configuration; needs pip install 'llmds\\[dask]').", rich_help_panel="Execution")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="--executor dask: start a local cluster of N single-threaded worker processes (default: one per core).", rich_help_panel="Execution")]
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="--executor dask: use an existing cluster, e.g. tcp://10.0.0.5:8786 (workers started with --nthreads 1).", rich_help_panel="Execution")]
 ShipOpt = Annotated[str, typer.Option("--ship", help="--executor dask: send the loaded dataset to every worker once (scatter), or let workers read it from shared storage (path).", rich_help_panel="Execution")]
@@ -158,7 +158,8 @@ def _run_sweep(component: str, mode: str, dataset, data_dir, params, sweep, quic
         for record in run.parity:
             if "passed" in record:
                 verdict = "[green]passed[/]" if record["passed"] else "[red]FAILED[/]"
-                out.print(f"parity with {record['impl']} ({record.get('config', '')}): max |Δscore| "
+                point = ", ".join(f"{k}={v}" for k, v in record.get("point", {}).items())
+                out.print(f"parity with {record['impl']} ({record.get('config', '')}{', ' + point if point else ''}): max |Δscore| "
                           f"{record['max_abs_diff']:.2e} ≤ {record['tolerance']:.0e}: {verdict}")
             elif record.get("status"):
                 out.print(f"parity with {record['impl']}: {record['status']}"
@@ -177,8 +178,11 @@ def _execution_line(execution: dict[str, Any]) -> str:
     if where == "dask":
         where = f"dask, {execution.get('workers')} workers ({execution.get('ship')})"
     skipped = execution.get("skipped_finished", 0)
+    profiling = execution.get("workers_profiling")
     return (f"{execution.get('ran', 0)} configurations in {execution.get('wall_s', 0):.1f} s on {where}"
-            + (f"; {skipped} already finished were kept" if skipped else ""))
+            + (f"; {skipped} already finished were kept" if skipped else "")
+            + (f"\n[yellow]note:[/] Dask's profiler samples tasks on {len(profiling)} worker(s), adding work to "
+               "their timings; start them with DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" if profiling else ""))
 
 
 def _targets(target: str) -> list[str]:
