@@ -210,9 +210,7 @@ def bench(target: Annotated[str, typer.Argument(help="A component, or `all`.")],
           ship: ShipOpt = "scatter", resume: ResumeOpt = None) -> None:
     """Benchmark our implementation over a parameter sweep; writes a run folder and charts.
 
-    A parameter given as a list sweeps it: `-p M=8,16,32 -p ef_construction=100,200` runs all
-    six builds. With `--executor dask --workers N` the configurations run in parallel on N
-    single-threaded worker processes, with the same figures as a local run.
+    A parameter given as a list sweeps it: `-p M=8,16,32 -p ef_construction=100,200` runs all six builds. With `--executor dask --workers N` the configurations run in parallel on N single-threaded worker processes, with the same figures as a local run.
     """
     targets = _targets(target)
     _check_resume(resume, targets)
@@ -242,10 +240,7 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
             ship: ShipOpt = "scatter", resume: ResumeOpt = None) -> None:
     """Run ours and every installed peer on the same data in the same run; check parity, report ratios.
 
-    Exits 1 if a parity check fails (ours and a peer disagree where they must agree). `all`
-    writes results/compare/<run-id>/report.md and report.html; with --data-dir DIR (e.g.
-    ../shared/data) each component runs on its real dataset found there. With `--runs A B`,
-    compares two stored runs instead and exits 1 if B regressed.
+    Exits 1 if a parity check fails (ours and a peer disagree where they must agree). `all` writes results/compare/<run-id>/report.md and report.html; with --data-dir DIR (e.g. ../shared/data) each component runs on its real dataset found there. With `--runs A B`, compares two stored runs instead and exits 1 if B regressed.
     """
     from llmds_cli import sweep as sweeps
 

@@ -26,7 +26,8 @@ _TIME = ("_s", "_us", "_ns", "latency", "time", "median", "mean", "min", "max")
 
 def classify(metric: str) -> str | None:
     """Which way is worse for a figure, from its name; None for figures with no direction."""
-    name = metric.lower()
+    # "qps_at_recall_0.95" is a throughput read at a recall level: the part before "_at_" says what it measures
+    name = metric.lower().split("_at_")[0]
     if name.startswith("compile"):  # one-off JIT compilation, cached per machine: not a speed figure
         return None
     if any(key in name for key in _QUALITY):

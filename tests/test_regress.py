@@ -34,6 +34,7 @@ def test_classification():
     assert regress.classify("index_mib") == "memory"
     assert regress.classify("ndcg@10") == "quality"
     assert regress.classify("recall@10") == "quality"
+    assert regress.classify("qps_at_recall_0.95") == "throughput"  # a speed, read at a recall level
 
 
 def test_noise_within_thresholds_is_not_a_regression(tmp_path):
