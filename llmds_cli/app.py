@@ -179,8 +179,10 @@ def _execution_line(execution: dict[str, Any]) -> str:
         where = f"dask, {execution.get('workers')} workers ({execution.get('ship')})"
     skipped = execution.get("skipped_finished", 0)
     profiling = execution.get("workers_profiling")
+    reruns = execution.get("run_again", [])
     return (f"{execution.get('ran', 0)} configurations in {execution.get('wall_s', 0):.1f} s on {where}"
             + (f"; {skipped} already finished were kept" if skipped else "")
+            + "".join(f"\nrun again: {r['config']} ({r['reason']}, {r['worker']})" for r in reruns)
             + (f"\n[yellow]note:[/] Dask's profiler samples tasks on {len(profiling)} worker(s), adding work to "
                "their timings; start them with DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" if profiling else ""))
 

@@ -33,6 +33,7 @@ Datasets reach workers in one of two ways (``ship``):
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import os
@@ -146,6 +147,7 @@ class DaskExecutor:
         self.function = function
         self.cluster = None
         self._generation = 0  # how many times the dataset was scattered (more than once: it was lost)
+        self.run_again: list[dict[str, str]] = []  # configurations started again, and why
         self.client = self._connect(workers, scheduler)
 
     def _connect(self, workers: int | None, scheduler: str | None):
@@ -162,10 +164,14 @@ class DaskExecutor:
         import dask
 
         count = workers or os.cpu_count() or 1
-        # the nannies hand this configuration to the worker processes they start
         with dask.config.set(CLUSTER_SETTINGS):
+            # Each nanny hands its configuration to every worker process it starts, including one
+            # it restarts after a crash. Without a deep copy it keeps a shallow merge of the global
+            # configuration, whose nested dicts leaving this block restores in place: a restarted
+            # worker would come back with Dask's defaults (profiler on).
             self.cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", silence_logs=logging.ERROR)
+                                        dashboard_address=":0", silence_logs=logging.ERROR,
+                                        config=copy.deepcopy(dask.config.config))
         client = Client(self.cluster)
         client.wait_for_workers(count)
         return client
@@ -194,6 +200,7 @@ class DaskExecutor:
         self._payload, self._generation = None, 0
         self._run = uuid.uuid4().hex[:8]
         self._submitted = 0
+        self.run_again = []
         self._wake: queues.SimpleQueue = queues.SimpleQueue()  # done callbacks (a Dask thread) put here
         if self.ship == "scatter":
             self._scatter()
@@ -227,7 +234,7 @@ class DaskExecutor:
                 for future, attempt in list(running.items()):
                     if future.done() or attempt.address not in workers:
                         del running[future]
-                        yield from self._settle(future, attempt, waiting)
+                        yield from self._settle(future, attempt, waiting, worker_gone=attempt.address not in workers)
         finally:
             for future in running:
                 future.cancel()
@@ -235,14 +242,17 @@ class DaskExecutor:
                 self._payload.release()
             self._payload = self._workload = None
 
-    def _settle(self, future, attempt: _Attempt, queue: deque[_Attempt]) -> Iterator[TaskResult]:
+    def _settle(self, future, attempt: _Attempt, queue: deque[_Attempt], worker_gone: bool) -> Iterator[TaskResult]:
         """What became of one attempt: a result, a failure, or a place back in the queue."""
         from concurrent.futures import CancelledError
 
         from distributed import KilledWorker
 
         config = attempt.task.config.id
-        died = not future.done() or (future.status == "error" and isinstance(future.exception(), KilledWorker))
+        # Its worker died under it: still pending on a departed worker, given up on by the scheduler,
+        # or cancelled because the scattered dataset died with that same worker (its last holder).
+        died = (not future.done() or (future.status == "error" and isinstance(future.exception(), KilledWorker))
+                or (future.cancelled() and worker_gone))
         if not died:
             try:
                 result = future.result(timeout=RESULT_TIMEOUT_S)
@@ -264,6 +274,7 @@ class DaskExecutor:
                 yield TaskResult(config, error=f"WorkerDied: the worker process running it died on each of "
                                                f"{ATTEMPTS} attempts (last {attempt.address})")
             else:
+                self.run_again.append({"config": config, "worker": attempt.address, "reason": "its worker died"})
                 queue.appendleft(_Attempt(attempt.task, "", deaths, attempt.lost_data, self._generation))
             return
         yield result
@@ -279,6 +290,8 @@ class DaskExecutor:
             return
         if self.ship == "scatter" and attempt.generation == self._generation:
             self._scatter()
+        self.run_again.append({"config": attempt.task.config.id, "worker": attempt.address,
+                               "reason": "the scattered dataset died with every worker holding it"})
         queue.appendleft(_Attempt(attempt.task, "", attempt.deaths, lost, self._generation))
 
     def _scatter(self) -> None:
@@ -303,7 +316,7 @@ class DaskExecutor:
                 "local_cluster": self.cluster is not None, "workers": len(nthreads),
                 "threads_per_worker": sorted(set(nthreads.values())),
                 "workers_profiling": sorted(address for address, on in profiling.items() if on),
-                "ship": self.ship, "attempts": ATTEMPTS,
+                "ship": self.ship, "attempts": ATTEMPTS, "run_again": self.run_again,
                 **({"dataset_scatters": self._generation} if self.ship == "scatter" else {})}
 
     def close(self) -> None:

@@ -101,6 +101,12 @@ def test_killed_workers_lose_nothing_and_the_sweep_completes(cluster, local_run,
     assert measured_figures(summary(run)) == measured_figures(summary(local_run))
     done = [r["config"] for r in run.folder.records() if r["op"] == "done"]
     assert sorted(done) == sorted(run.folder.read_json("results.json")["configurations"])
+    reruns = run.folder.read_json("results.json")["execution"]["run_again"]
+    again = sorted(r["config"] for r in reruns)
+    if killed == 1:
+        assert again == list(victims)  # said which one ran twice, and only that one
+    else:  # losing the scattered data also cancels whatever a restarted worker had just begun
+        assert set(victims) <= set(again)
 
 
 def test_a_configuration_whose_worker_dies_twice_is_recorded_as_failed(cluster, local_run, tmp_path):
@@ -150,6 +156,27 @@ def test_cli_starts_its_own_local_cluster(results_dir):
     assert meta["execution"]["local_cluster"] is True and meta["execution"]["workers"] == 2
     assert meta["execution"]["workers_profiling"] == []  # Dask's sampler is off on the workers we start
     assert RunFolder.open(results_dir / "cms").complete
+
+
+def test_a_restarted_worker_keeps_the_settings_of_the_clusters_we_start():
+    """A nanny restarts a worker that died (a crash, kill -9); it must come back without Dask's
+    profiler, or the configurations it runs next are timed with the sampler interrupting them."""
+    import signal
+    import time
+
+    from llmds_cli.dask_executor import _profiler_enabled
+
+    with DaskExecutor(workers=1) as executor:
+        client = executor.client
+        (address, pid), = client.run(os.getpid).items()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while set(client.nthreads()) in (set(), {address}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        client.wait_for_workers(1, timeout=60)
+        restarted = client.run(lambda: (os.getpid(), _profiler_enabled()))
+        assert [p for p, _ in restarted.values()] != [pid]  # a new worker process answered
+        assert [on for _, on in restarted.values()] == [False]
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(results_dir):
