@@ -28,8 +28,9 @@ class _Group(TyperGroup):
         except LlmdsError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: finished configurations are kept in the run folder's raw.jsonl "
+        except KeyboardInterrupt as exc:
+            # a sweep names its run folder; elsewhere say what an interrupted run leaves behind
+            typer.echo(str(exc) or "interrupted: finished configurations are kept in the run folder's raw.jsonl "
                        "(complete the run with --resume FOLDER); no results.json was written for it.", err=True)
             raise typer.Exit(130) from None
 
@@ -111,11 +112,11 @@ def show_env(as_json: JsonOpt = False) -> None:
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where configurations run: local (this process, one at a time) or dask (one task per configuration; needs pip install 'llmds\\[dask]').", rich_help_panel="Execution")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="--executor dask: start a local cluster of N single-threaded worker processes (default: one per core).", rich_help_panel="Execution")]
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="--executor dask: use an existing cluster, e.g. tcp://10.0.0.5:8786 (workers started with --nthreads 1).", rich_help_panel="Execution")]
-ShipOpt = Annotated[str, typer.Option("--ship", help="--executor dask: send the loaded dataset to every worker once (scatter), or let workers read it from shared storage (path).", rich_help_panel="Execution")]
+ShipOpt = Annotated[Optional[str], typer.Option("--ship", help="--executor dask: send the loaded dataset to every worker once (scatter, the default), or let workers read it from shared storage (path).", rich_help_panel="Execution")]
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Complete an interrupted or partly failed run of the same sweep in this run folder: finished configurations are skipped.", rich_help_panel="Execution")]
 
 
-def _executor(kind: str, workers: int | None, scheduler: str | None, ship: str):
+def _executor(kind: str, workers: int | None, scheduler: str | None, ship: str | None):
     from llmds_cli.runner import make_executor
 
     return make_executor(kind, workers, scheduler, ship)
@@ -183,6 +184,9 @@ def _execution_line(execution: dict[str, Any]) -> str:
     return (f"{execution.get('ran', 0)} configurations in {execution.get('wall_s', 0):.1f} s on {where}"
             + (f"; {skipped} already finished were kept" if skipped else "")
             + "".join(f"\nrun again: {r['config']} ({r['reason']}, {r['worker']})" for r in reruns)
+            + (f"\n[yellow]note:[/] {execution['workers']} workers on {execution['cores']} cores share cores, so "
+               "their timings overlap; use --workers at most the number of cores"
+               if execution.get("cores") and execution.get("workers", 0) > execution["cores"] else "")
             + (f"\n[yellow]note:[/] Dask's profiler samples tasks on {len(profiling)} worker(s), adding work to "
                "their timings; start them with DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" if profiling else ""))
 
@@ -209,7 +213,7 @@ def bench(target: Annotated[str, typer.Argument(help="A component, or `all`.")],
           quick: QuickOpt = False, seed: SeedOpt = 0, repeats: RepeatsOpt = 3,
           results_dir: ResultsOpt = None, as_json: JsonOpt = False,
           executor: ExecutorOpt = "local", workers: WorkersOpt = None, scheduler: SchedulerOpt = None,
-          ship: ShipOpt = "scatter", resume: ResumeOpt = None) -> None:
+          ship: ShipOpt = None, resume: ResumeOpt = None) -> None:
     """Benchmark our implementation over a parameter sweep; writes a run folder and charts.
 
     A parameter given as a list sweeps it: `-p M=8,16,32 -p ef_construction=100,200` runs all six builds. With `--executor dask --workers N` the configurations run in parallel on N single-threaded worker processes, with the same figures as a local run.
@@ -239,7 +243,7 @@ def compare(target: Annotated[Optional[str], typer.Argument(help="A component, o
             force: Annotated[bool, typer.Option("--force", help="--runs: compare runs of different datasets or parameters.")] = False,
             full: Annotated[bool, typer.Option("--full", help="`all`: every query and item (default for `all` is the quick profile).")] = False,
             executor: ExecutorOpt = "local", workers: WorkersOpt = None, scheduler: SchedulerOpt = None,
-            ship: ShipOpt = "scatter", resume: ResumeOpt = None) -> None:
+            ship: ShipOpt = None, resume: ResumeOpt = None) -> None:
     """Run ours and every installed peer on the same data in the same run; check parity, report ratios.
 
     Exits 1 if a parity check fails (ours and a peer disagree where they must agree). `all` writes results/compare/<run-id>/report.md and report.html; with --data-dir DIR (e.g. ../shared/data) each component runs on its real dataset found there. With `--runs A B`, compares two stored runs instead and exits 1 if B regressed.

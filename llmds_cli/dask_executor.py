@@ -68,6 +68,9 @@ CLUSTER_SETTINGS = {
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.nanny.memory.monitor-interval": "1s",
     "distributed.admin.system-monitor.interval": "1s",
+    # Ctrl-C reaches every process of the terminal's process group; the client stops the workers
+    # it started, so they ignore it rather than each print a KeyboardInterrupt traceback
+    "distributed.worker.preload": ["llmds_cli.dask_executor"],
 }
 
 
@@ -89,6 +92,13 @@ def run_configuration(task: Task, workload: Workload | None, function: Callable[
     if result.error:
         raise ConfigurationFailed(result.error, result.worker)
     return result
+
+
+def dask_setup(worker) -> None:
+    """Preload hook of the workers we start (CLUSTER_SETTINGS): leave Ctrl-C to the client."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _profiler_enabled() -> bool:
@@ -156,7 +166,7 @@ class DaskExecutor:
         if scheduler is not None:
             try:
                 client = Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, ValueError, TypeError) as exc:  # unreachable, or not an address
                 raise InvalidInputError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); "
                                         "check the address, or use --workers N for a local cluster.") from None
             self._check_single_threaded(client)
@@ -168,9 +178,10 @@ class DaskExecutor:
             # Each nanny hands its configuration to every worker process it starts, including one
             # it restarts after a crash. Without a deep copy it keeps a shallow merge of the global
             # configuration, whose nested dicts leaving this block restores in place: a restarted
-            # worker would come back with Dask's defaults (profiler on).
+            # worker would come back with Dask's defaults (profiler on). Dask's ERROR logs (a task
+            # that raised, data lost with a worker) tell what llmds records and reports itself.
             self.cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0", silence_logs=logging.ERROR,
+                                        dashboard_address=":0", silence_logs=logging.CRITICAL,
                                         config=copy.deepcopy(dask.config.config))
         client = Client(self.cluster)
         client.wait_for_workers(count)
@@ -314,6 +325,7 @@ class DaskExecutor:
         profiling = self.client.run(_profiler_enabled)
         return {"executor": "dask", "scheduler": self.client.scheduler.address,
                 "local_cluster": self.cluster is not None, "workers": len(nthreads),
+                **({"cores": os.cpu_count()} if self.cluster is not None else {}),
                 "threads_per_worker": sorted(set(nthreads.values())),
                 "workers_profiling": sorted(address for address, on in profiling.items() if on),
                 "ship": self.ship, "attempts": ATTEMPTS, "run_again": self.run_again,

@@ -215,14 +215,15 @@ EXECUTORS = ("local", "dask")
 
 
 def make_executor(kind: str = "local", workers: int | None = None, scheduler: str | None = None,
-                  ship: str = "scatter") -> Executor:
+                  ship: str | None = None) -> Executor:
     """The executor named on the command line (``--executor``, ``--workers``, ``--scheduler``, ``--ship``)."""
     if kind == "local":
-        if workers is not None or scheduler is not None:
-            raise InvalidInputError("--workers and --scheduler say where Dask runs configurations; add --executor dask.")
+        if workers is not None or scheduler is not None or ship is not None:
+            raise InvalidInputError("--workers, --scheduler and --ship say where and how Dask runs configurations; "
+                                    "add --executor dask.")
         return LocalExecutor()
     if kind == "dask":
         from llmds_cli.dask_executor import DaskExecutor
 
-        return DaskExecutor(workers=workers, scheduler=scheduler, ship=ship)
+        return DaskExecutor(workers=workers, scheduler=scheduler, ship=ship or "scatter")
     raise InvalidInputError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}.")

@@ -183,15 +183,26 @@ def _resume_folder(path: str, identity: dict[str, Any]) -> tuple[RunFolder, set[
     stored = folder.read_json(SWEEP)
     differences = [key for key in identity if stored.get(key) != identity[key]]
     if differences:
-        shown = "; ".join(f"{key}: {_short(stored.get(key))} there, {_short(identity[key])} now" for key in differences)
+        shown = "; ".join(_difference(key, stored.get(key), identity[key]) for key in differences)
         raise InvalidInputError(f"--resume {folder.path} holds a different sweep ({shown}); repeat the command "
                                 "that started it, or run without --resume for a new folder.")
     return folder, folder.keep_finished()
 
 
-def _short(value: Any) -> str:
+def _difference(key: str, there: Any, now: Any) -> str:
+    """One differing item of two sweeps' identities; lists (the configurations) by what one has and the other lacks."""
+    if isinstance(there, list) and isinstance(now, list):
+        only_there = [item for item in there if item not in now]
+        only_now = [item for item in now if item not in there]
+        parts = ([f"only there: {_short(', '.join(map(str, only_there)), 200)}"] if only_there else []) + \
+                ([f"only now: {_short(', '.join(map(str, only_now)), 200)}"] if only_now else [])
+        return f"{key}: {'; '.join(parts) or 'same items in another order'}"
+    return f"{key}: {_short(there)} there, {_short(now)} now"
+
+
+def _short(value: Any, limit: int = 60) -> str:
     text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Workers:
@@ -236,8 +247,14 @@ def execute(request: SweepRequest, executor: Executor | None = None,
         folder, finished, previous_env = RunFolder.create(component.name, request.results_dir), set(), {}
         folder.write_json(SWEEP, identity)
     workers = _Workers(previous_env.get("workers"), previous_env.get("worker_envs"))
+    # described again after the run (re-runs, scatters, late workers); not per configuration, as
+    # asking a Dask worker for its settings would run code beside the one being timed
     client_env = {**envinfo.collect(), **executor.describe()}
-    folder.write_json(ENV, {**client_env, **workers.as_json()})
+
+    def write_env() -> None:  # after every configuration, so an interrupted run still names who measured what
+        folder.write_json(ENV, {**client_env, **workers.as_json()})
+
+    write_env()
     folder.write_json("context.json", workload.context)
     failures: dict[str, str] = {}
     parity_records: list[dict[str, Any]] = []
@@ -267,6 +284,7 @@ def execute(request: SweepRequest, executor: Executor | None = None,
         records.append(done_record(result))  # one append per configuration: all of it, or (cut short) none
         folder.append_records(records)
         workers.add(result)
+        write_env()
         if progress:
             progress(result)
 
@@ -274,11 +292,10 @@ def execute(request: SweepRequest, executor: Executor | None = None,
     try:
         run_tasks(tasks, workload, executor, store)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished configurations are kept in {folder.path}; complete the run with "
-              f"the same command and --resume {folder.path}", file=sys.stderr)
-        raise
+        raise _interrupted(folder) from None
     wall = time.perf_counter() - started
-    folder.write_json(ENV, {**client_env, **workers.as_json()})
+    execution = executor.describe()  # after the run: re-runs, scatters and workers that joined
+    folder.write_json(ENV, {**client_env, **execution, **workers.as_json()})
     if tasks and failures and len(failures) == len(tasks) and not finished:
         # nothing was measured: say why, and leave no run folder that looks like a result
         import shutil
@@ -299,10 +316,19 @@ def execute(request: SweepRequest, executor: Executor | None = None,
                     "matches_manifest": verified},
         "configurations": [c.id for c in configs],
         "failures": failures,
-        "execution": {**executor.describe(), "ran": len(tasks), "skipped_finished": len(configs) - len(tasks),
+        "execution": {**execution, "ran": len(tasks), "skipped_finished": len(configs) - len(tasks),
                       "wall_s": round(wall, 3)},
     }
-    return finish_run(folder, meta)
+    try:
+        return finish_run(folder, meta)
+    except KeyboardInterrupt:
+        raise _interrupted(folder) from None
+
+
+def _interrupted(folder: RunFolder) -> KeyboardInterrupt:
+    """Ctrl-C during a sweep, carrying the message the CLI prints: where the finished configurations are."""
+    return KeyboardInterrupt(f"\ninterrupted: finished configurations are kept in {folder.path}; complete the run "
+                             f"with the same command and --resume {folder.path}")
 
 
 def _verify_local_copy(spec: WorkloadSpec) -> bool | None:

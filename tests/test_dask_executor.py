@@ -183,6 +183,9 @@ def test_an_unreachable_scheduler_is_a_clear_error(results_dir):
     result = CliRunner().invoke(app, ["bench", "cms", "--quick", "--executor", "dask",
                                       "--scheduler", "tcp://127.0.0.1:1"])
     assert result.exit_code == 2 and "cannot reach the Dask scheduler" in result.output
+    for garbage in ("garbage", "tcp://host:notaport"):  # not an address at all: the same clear error, no traceback
+        result = CliRunner().invoke(app, ["bench", "cms", "--quick", "--executor", "dask", "--scheduler", garbage])
+        assert result.exit_code == 2 and f"cannot reach the Dask scheduler at {garbage}" in result.output
 
 
 def test_a_cluster_of_multi_threaded_workers_is_refused():

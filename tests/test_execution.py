@@ -134,7 +134,7 @@ def test_resume_of_a_finished_run_runs_nothing(finished_cms_run):
 
 
 @pytest.mark.parametrize("change, named", [
-    (("-p", "epsilon=0.001,0.002", "-p", "conservative=false"), "configurations"),
+    (("-p", "epsilon=0.001,0.002", "-p", "conservative=false"), "configurations: only there: llmds("),
     ((*RESUMABLE, "--seed", "3"), "seed"),
 ])
 def test_resume_refuses_a_different_sweep(finished_cms_run, change, named):
@@ -182,6 +182,8 @@ def test_a_failed_configuration_is_recorded_and_the_others_kept(results_dir):
 def test_executor_options_are_checked():
     with pytest.raises(InvalidInputError, match="add --executor dask"):
         make_executor("local", workers=2)
+    with pytest.raises(InvalidInputError, match="add --executor dask"):  # not silently ignored
+        make_executor("local", ship="path")
     with pytest.raises(InvalidInputError, match="choose one of: local, dask"):
         make_executor("ray")
 
