@@ -122,6 +122,8 @@ class RunFolder:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunFolder":
         folder = resolve_run_path(path)
+        if folder.is_file():
+            raise DatasetError(f"{folder} is a file; give a run folder (`ls results/<component>/` lists runs).")
         if not folder.is_dir():
             raise DatasetError(f"run folder {folder} does not exist; `ls results/<component>/` lists runs.")
         if not (folder / RAW).is_file():
@@ -187,7 +189,13 @@ class RunFolder:
         return (self.path / RESULTS).is_file()
 
     def mark_latest(self) -> None:
-        atomic_write_text(self.path.parent / "LATEST", self.path.name + "\n")
+        """Name this run in LATEST, unless LATEST names a newer complete run (a resumed old run
+        finishes after it); run ids start with their UTC start time, so they sort by age."""
+        latest = self.path.parent / "LATEST"
+        current = latest.read_text().strip() if latest.is_file() else ""
+        if current > self.path.name and (self.path.parent / current / "results.json").is_file():
+            return
+        atomic_write_text(latest, self.path.name + "\n")
 
 
 def summary_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -29,6 +29,22 @@ def test_records_round_trip_and_latest_only_when_marked(tmp_path):
     assert RunFolder.open(tmp_path / "bm25").path == folder.path
 
 
+def test_a_resumed_older_run_does_not_take_latest_from_a_newer_one(tmp_path):
+    newer = RunFolder.create("bm25", tmp_path)
+    newer.append_records([{"op": "build", "ns": 5}])
+    newer.write_json("results.json", {"ok": True})
+    newer.mark_latest()
+    (tmp_path / "bm25" / "20200101T000000Z_0000000").mkdir()
+    older = RunFolder(tmp_path / "bm25" / "20200101T000000Z_0000000")
+    older.append_records([{"op": "build", "ns": 5}])
+    older.write_json("results.json", {"ok": True})
+    older.mark_latest()  # it finished last (--resume), but it is the older run
+    assert RunFolder.open(tmp_path / "bm25").path == newer.path
+    (newer.path / "results.json").unlink()  # the newer one is no longer complete: the older one is latest
+    older.mark_latest()
+    assert RunFolder.open(tmp_path / "bm25").path == older.path
+
+
 def test_two_runs_in_the_same_second_get_distinct_folders(tmp_path):
     assert RunFolder.create("bm25", tmp_path).path != RunFolder.create("bm25", tmp_path).path
 
@@ -42,6 +58,9 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
 def test_open_errors_are_clear(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         RunFolder.open(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="is a file; give a run folder"):
+        RunFolder.open(tmp_path / "file.txt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not a run folder"):
         RunFolder.open(tmp_path / "empty")
